@@ -28,8 +28,8 @@ VECTOR_NAMES = (
     "position",  # limb origin minus torso origin (world frame)
     "gravity",  # unit gravity direction, (0, 0, -1)
     "target",  # unit horizontal target direction
-    "linear_velocity",  # limb origin velocity, clipped to +-10
-    "angular_velocity",  # limb angular velocity (world frame), clipped to +-10
+    "linear_velocity",  # limb origin velocity, norm clipped to 10
+    "angular_velocity",  # limb angular velocity (world frame), norm clipped to 10
     "axis_x",  # world-frame axis of the limb's x hinge (torso: body x axis)
     "axis_y",
     "axis_z",

@@ -1,0 +1,79 @@
+"""Planar DSRL-compatible velocity tasks on Gymnasium's own MuJoCo robots.
+
+Safety-Gymnasium's v1 velocity tasks put a cost of 1 on every step whose velocity exceeds a
+per-robot threshold (planar speed for Ant, signed x-velocity for the others); DSRL's velocity
+datasets use the same thresholds. The observations are Gymnasium's v5 ones (Ant without contact
+forces: 27 numbers, as in DSRL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PlanarTask:
+    """A planar velocity task: the Gymnasium env it wraps and its cost threshold."""
+
+    base_id: str
+    threshold: float
+    planar_speed: bool = False
+    base_kwargs: tuple[tuple[str, object], ...] = ()
+
+
+PLANAR_TASKS: dict[str, PlanarTask] = {
+    "Ant": PlanarTask("Ant-v5", 2.6222, True, (("include_cfrc_ext_in_observation", False),)),
+    "HalfCheetah": PlanarTask("HalfCheetah-v5", 3.2096),
+    "Hopper": PlanarTask("Hopper-v5", 0.7402),
+    "Walker2d": PlanarTask("Walker2d-v5", 2.3415),
+    "Swimmer": PlanarTask("Swimmer-v5", 0.2282),
+}
+
+
+class VelocityCostWrapper(gym.Wrapper):
+    """Adds ``info["cost"]`` = 1{velocity > threshold} to a Gymnasium MuJoCo env.
+
+    The velocity is ``info["x_velocity"]`` (signed), or the planar speed
+    sqrt(x_velocity² + y_velocity²) when ``planar_speed`` is set (Ant). The reward is untouched.
+    """
+
+    def __init__(self, env: gym.Env, threshold: float, planar_speed: bool = False) -> None:
+        super().__init__(env)
+        if not np.isfinite(threshold) or threshold <= 0:
+            raise ValueError(f"threshold must be a positive finite speed, got {threshold!r}")
+        self.threshold = float(threshold)
+        self.planar_speed = bool(planar_speed)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.planar_speed:
+            velocity = float(np.hypot(info["x_velocity"], info["y_velocity"]))
+        else:
+            velocity = float(info["x_velocity"])
+        info["velocity"] = velocity
+        info["cost"] = float(velocity > self.threshold)
+        return obs, reward, terminated, truncated, info
+
+
+class _CheckedAction(gym.ActionWrapper):
+    """Rejects actions of the wrong shape or with NaN/Inf before they reach MuJoCo."""
+
+    def action(self, action):
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("action contains NaN or Inf; expected finite values")
+        return a
+
+
+def make_planar(robot: str, **kwargs) -> gym.Env:
+    """The planar velocity task of ``robot`` (Ant, HalfCheetah, Hopper, Walker2d, Swimmer)."""
+    if robot not in PLANAR_TASKS:
+        raise KeyError(f"unknown planar robot {robot!r}; expected one of {sorted(PLANAR_TASKS)}")
+    task = PLANAR_TASKS[robot]
+    base = gym.make(task.base_id, **{**dict(task.base_kwargs), **kwargs}).unwrapped
+    return VelocityCostWrapper(_CheckedAction(base), task.threshold, task.planar_speed)
