@@ -36,7 +36,9 @@ def _limb_xml(morph: Morphology, index: int, children: dict[int, list[int]], ind
     limb: Limb = morph.limbs[index]
     pad = "  " * indent
     lines = [f'{pad}<body name="{limb.name}" pos="{_fmt(limb.anchor)}">']
-    for axis, name, (lo, hi) in zip(("1 0 0", "0 1 0", "0 0 1"), "xyz", limb.joint_ranges):
+    for axis, name, (lo, hi) in zip(
+        ("1 0 0", "0 1 0", "0 0 1"), "xyz", limb.joint_ranges, strict=True
+    ):
         lines.append(
             f'{pad}  <joint name="{limb.name}_{name}" type="hinge" axis="{axis}" '
             f'range="{lo:.6g} {hi:.6g}"/>'
@@ -68,7 +70,7 @@ def _torso_xml(morph: Morphology, children: dict[int, list[int]]) -> str:
 def _actuators_xml(morph: Morphology) -> str:
     lines = []
     for limb in morph.limbs[1:]:
-        for name, gear in zip("xyz", limb.gears):
+        for name, gear in zip("xyz", limb.gears, strict=True):
             lines.append(
                 f'    <motor name="{limb.name}_{name}_motor" joint="{limb.name}_{name}" '
                 f'gear="{gear:.6g}" ctrlrange="-1 1"/>'

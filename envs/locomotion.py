@@ -329,8 +329,9 @@ class Locomotion3DEnv(gym.Env):
         c_vel = float(speed > self.spec_family.speed_limit)
         c_reg = float(self.data.qpos[0] >= self.region_x)
         cost = {"velocity": c_vel, "region": c_reg, "both": max(c_vel, c_reg)}[self.cost_type]
+        x, y = float(self.data.qpos[0]), float(self.data.qpos[1])
         return {"cost": cost, "cost_velocity": c_vel, "cost_region": c_reg, "speed": speed,
-                "x_position": float(self.data.qpos[0]), "y_position": float(self.data.qpos[1])}  # fmt: skip
+                "x_position": x, "y_position": y}  # fmt: skip
 
     def _healthy(self) -> bool:
         fam, z0 = self.spec_family, self.morph.torso_height
