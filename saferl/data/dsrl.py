@@ -1,0 +1,351 @@
+"""DSRL-format offline safe-RL datasets: one HDF5 file per task, validated on save and load.
+
+Format (DSRL, Liu et al. 2023, "Datasets and Benchmarks for Offline Safe RL"; D4RL layout): seven
+top-level arrays of one length N, all float32 —
+
+| key | shape | meaning |
+|---|---|---|
+| ``observations`` | (N, obs_dim) | s_t |
+| ``next_observations`` | (N, obs_dim) | s_{t+1} |
+| ``actions`` | (N, act_dim) | a_t |
+| ``rewards`` | (N,) | r_t |
+| ``costs`` | (N,) | c_t |
+| ``terminals`` | (N,) | 1 where s_{t+1} is terminal (the episode ended by failure), else 0 |
+| ``timeouts`` | (N,) | 1 where the episode was cut by its time limit (or truncated), else 0 |
+
+Steps of one trajectory are stored contiguously; a trajectory ends at the first step whose
+``terminals`` or ``timeouts`` flag is 1.
+
+Our files also carry a :class:`DatasetMetadata` as a JSON string in the root attribute
+``saferl_metadata`` (env id, max episode steps, reference returns R_min/R_max, max cost, cost
+thresholds, how the data were collected). Real DSRL files have no such attribute: pass
+``metadata=`` to :func:`load_dataset`, or let it infer the data-derived fields (see
+:func:`infer_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "observations",
+    "next_observations",
+    "actions",
+    "rewards",
+    "costs",
+    "terminals",
+    "timeouts",
+)
+"""The arrays every DSRL-format dataset holds."""
+
+_MATRIX_KEYS = ("observations", "next_observations", "actions")
+_FLAG_KEYS = ("terminals", "timeouts")
+_METADATA_ATTR = "saferl_metadata"
+_FORMAT_VERSION = 1
+
+
+@dataclass
+class DatasetMetadata:
+    """What a dataset needs beyond its arrays to be evaluated the DSRL way.
+
+    Normalised reward = (R − R_min)/(R_max − R_min); normalised cost = (C + ε)/(κ + ε), ε = 1 if
+    κ = 0 else 0 (DSRL); see :meth:`normalized_reward` and :meth:`normalized_cost`.
+    """
+
+    env_id: str
+    """Gymnasium id of the task the data come from (``envs.make(env_id)`` rebuilds it)."""
+    max_episode_steps: int
+    """Episode length limit used during collection (and for evaluation)."""
+    reward_min: float
+    """R_min: reference episode reward return that normalises to 0."""
+    reward_max: float
+    """R_max: reference episode reward return that normalises to 1."""
+    max_cost: float
+    """Largest episode cost return in the data (or the reference's)."""
+    cost_thresholds: list[float] = field(default_factory=lambda: [10.0, 20.0, 40.0])
+    """Episode cost limits κ to evaluate at (DSRL uses three per task)."""
+    collection: str = "unknown"
+    """How the data were collected (behaviour policies, budgets, filter)."""
+    obs_dim: int = 0
+    """Observation size (0: fill from the data on save)."""
+    act_dim: int = 0
+    """Action size (0: fill from the data on save)."""
+    num_trajectories: int = 0
+    """Number of trajectories (0: fill from the data on save)."""
+    seed: int | None = None
+    """Seed of the collection run, if any."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for ``envs.make(env_id, **env_kwargs)`` (e.g. ``max_limbs``)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth keeping (JSON-serialisable)."""
+
+    def normalized_reward(self, reward_return: np.ndarray | float) -> np.ndarray:
+        """DSRL normalised reward (R − R_min)/(R_max − R_min); any shape."""
+        span = self.reward_max - self.reward_min
+        return (np.asarray(reward_return, dtype=np.float64) - self.reward_min) / span
+
+    def normalized_cost(self, cost_return: np.ndarray | float, threshold: float) -> np.ndarray:
+        """DSRL normalised cost (C + ε)/(κ + ε), ε = 1 if κ = 0 else 0; safe iff ≤ 1."""
+        if not np.isfinite(threshold) or threshold < 0:
+            raise ValueError(f"threshold must be a finite κ >= 0, got {threshold!r}")
+        eps = 1.0 if threshold == 0 else 0.0
+        return (np.asarray(cost_return, dtype=np.float64) + eps) / (threshold + eps)
+
+    def to_json(self) -> str:
+        """The metadata as a JSON string (what the HDF5 attribute holds)."""
+        return json.dumps({"format_version": _FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DatasetMetadata:
+        """Parse :meth:`to_json` output; unknown fields go to ``extra``."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError(f"dataset metadata must be a JSON object, got {type(raw).__name__}")
+        raw.pop("format_version", None)
+        names = {f.name for f in fields(cls)}
+        unknown = {k: raw.pop(k) for k in list(raw) if k not in names}
+        missing = [k for k in ("env_id", "max_episode_steps", "reward_min", "reward_max",
+                               "max_cost") if k not in raw]  # fmt: skip
+        if missing:
+            raise KeyError(f"dataset metadata lacks required field(s) {missing}")
+        meta = cls(**raw)
+        meta.extra = {**meta.extra, **unknown}
+        return meta
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_data(data: dict[str, np.ndarray], strict_dtype: bool = True) -> int:
+    """Check a dataset dict; return its number of transitions N.
+
+    Raises KeyError (missing key), TypeError (not an array / wrong dtype) or ValueError (shape,
+    length, NaN/Inf, flags not in {0, 1}), each naming the offending key. With
+    ``strict_dtype`` every array must be float32; without it any real or boolean dtype passes.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"dataset must be a dict of arrays, got {type(data).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise KeyError(f"dataset lacks required key(s) {missing}; expected {list(REQUIRED_KEYS)}")
+    unknown = sorted(set(data) - set(REQUIRED_KEYS))
+    if unknown:
+        raise KeyError(f"dataset has unknown key(s) {unknown}; expected {list(REQUIRED_KEYS)}")
+    for key in REQUIRED_KEYS:
+        _check_dtype(key, data[key], strict_dtype)
+    n = len(data["rewards"]) if np.ndim(data["rewards"]) >= 1 else 0
+    for key in REQUIRED_KEYS:
+        _check_shape(key, data[key], n)
+    if data["observations"].shape != data["next_observations"].shape:
+        raise ValueError(
+            f"'next_observations' has shape {data['next_observations'].shape}, expected the "
+            f"shape of 'observations' {data['observations'].shape}"
+        )
+    for key in REQUIRED_KEYS:
+        if not np.all(np.isfinite(data[key])):
+            bad = int(np.size(data[key]) - np.count_nonzero(np.isfinite(data[key])))
+            raise ValueError(f"'{key}' contains {bad} NaN/Inf value(s); expected finite values")
+    for key in _FLAG_KEYS:
+        flags = np.asarray(data[key])
+        if not np.all((flags == 0) | (flags == 1)):
+            raise ValueError(f"'{key}' must hold only 0 and 1")
+    return n
+
+
+def _check_dtype(key: str, value: Any, strict: bool) -> None:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"'{key}' must be a numpy array, got {type(value).__name__}")
+    if strict and value.dtype != np.float32:
+        raise TypeError(f"'{key}' has dtype {value.dtype}, expected float32")
+    if value.dtype.kind not in "fiub":
+        raise TypeError(f"'{key}' has dtype {value.dtype}, expected a real number type")
+
+
+def _check_shape(key: str, value: np.ndarray, n: int) -> None:
+    ndim = 2 if key in _MATRIX_KEYS else 1
+    if value.ndim != ndim:
+        form = "(N, dim)" if ndim == 2 else "(N,)"
+        raise ValueError(f"'{key}' has shape {value.shape}, expected {form}")
+    if value.shape[0] != n:
+        raise ValueError(f"'{key}' has length {value.shape[0]}, expected N = {n} (as 'rewards')")
+    if n == 0:
+        raise ValueError(f"'{key}' is empty; a dataset needs at least one transition")
+    if ndim == 2 and value.shape[1] == 0:
+        raise ValueError(f"'{key}' has shape {value.shape}; its second dimension must be > 0")
+
+
+def validate_metadata(metadata: DatasetMetadata, data: dict[str, np.ndarray] | None = None):
+    """Check metadata values (and their agreement with ``data`` when given); raise ValueError."""
+    if not isinstance(metadata, DatasetMetadata):
+        raise TypeError(f"metadata must be a DatasetMetadata, got {type(metadata).__name__}")
+    if not isinstance(metadata.env_id, str) or not metadata.env_id:
+        raise ValueError(f"metadata.env_id must be a non-empty string, got {metadata.env_id!r}")
+    if int(metadata.max_episode_steps) <= 0:
+        raise ValueError(
+            f"metadata.max_episode_steps must be > 0, got {metadata.max_episode_steps}"
+        )
+    for name in ("reward_min", "reward_max", "max_cost"):
+        if not np.isfinite(getattr(metadata, name)):
+            raise ValueError(f"metadata.{name} must be finite, got {getattr(metadata, name)!r}")
+    if not metadata.reward_max > metadata.reward_min:
+        raise ValueError(
+            f"metadata.reward_max ({metadata.reward_max}) must exceed reward_min "
+            f"({metadata.reward_min})"
+        )
+    if any((not np.isfinite(k)) or k < 0 for k in metadata.cost_thresholds):
+        raise ValueError(f"metadata.cost_thresholds must be finite and >= 0, got "
+                         f"{metadata.cost_thresholds}")  # fmt: skip
+    if data is None:
+        return
+    for name, key in (("obs_dim", "observations"), ("act_dim", "actions")):
+        value = getattr(metadata, name)
+        if value and value != data[key].shape[1]:
+            raise ValueError(f"metadata.{name} = {value} but '{key}' has {data[key].shape[1]}")
+
+
+# --------------------------------------------------------------------------- trajectories
+
+
+def split_trajectories(data: dict[str, np.ndarray]) -> np.ndarray:
+    """Index ranges of the trajectories: int64 array (K, 2) of [start, end) rows.
+
+    A trajectory ends at a step with ``terminals`` or ``timeouts`` set; trailing steps after the
+    last flag form one final (unfinished) trajectory.
+    """
+    done = (np.asarray(data["terminals"]) > 0) | (np.asarray(data["timeouts"]) > 0)
+    n = len(done)
+    ends = np.flatnonzero(done) + 1
+    if len(ends) == 0 or ends[-1] != n:
+        ends = np.append(ends, n)
+    starts = np.concatenate([[0], ends[:-1]])
+    return np.stack([starts, ends], axis=1).astype(np.int64)
+
+
+def trajectory_returns(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Undiscounted (reward return, cost return) per trajectory: two float64 arrays (K,)."""
+    starts = split_trajectories(data)[:, 0]
+    rewards = np.add.reduceat(np.asarray(data["rewards"], dtype=np.float64), starts)
+    costs = np.add.reduceat(np.asarray(data["costs"], dtype=np.float64), starts)
+    return rewards, costs
+
+
+def select_trajectories(data: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The dataset restricted to the trajectories where ``keep`` (bool, (K,)) is True."""
+    ranges = split_trajectories(data)
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (len(ranges),):
+        raise ValueError(f"keep must have shape ({len(ranges)},) (one per trajectory), "
+                         f"got {keep.shape}")  # fmt: skip
+    lengths = ranges[:, 1] - ranges[:, 0]
+    step_mask = np.repeat(keep, lengths)
+    return {k: np.asarray(v)[step_mask] for k, v in data.items()}
+
+
+def concatenate(datasets: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack datasets (each ending on a terminal/timeout) into one."""
+    if not datasets:
+        raise ValueError("concatenate needs at least one dataset")
+    return {k: np.concatenate([d[k] for d in datasets], axis=0) for k in REQUIRED_KEYS}
+
+
+def infer_metadata(
+    data: dict[str, np.ndarray], env_id: str = "unknown", **overrides: Any
+) -> DatasetMetadata:
+    """Metadata filled from the data alone, for files (e.g. real DSRL ones) that carry none.
+
+    max_episode_steps = longest trajectory; R_min/R_max = smallest/largest trajectory reward
+    return; max_cost = largest cost return. These are data-derived, not DSRL's published
+    reference returns: pass those via ``overrides`` (e.g. ``reward_min=37.05``) when known.
+    """
+    ranges = split_trajectories(data)
+    rets, costs = trajectory_returns(data)
+    r_min, r_max = float(rets.min()), float(rets.max())
+    if r_max <= r_min:
+        r_max = r_min + 1.0
+    values: dict[str, Any] = {
+        "env_id": env_id,
+        "max_episode_steps": int((ranges[:, 1] - ranges[:, 0]).max()),
+        "reward_min": r_min,
+        "reward_max": r_max,
+        "max_cost": float(costs.max()),
+        "collection": "unknown: metadata inferred from the data (R_min/R_max = min/max return)",
+        "obs_dim": int(data["observations"].shape[1]),
+        "act_dim": int(data["actions"].shape[1]),
+        "num_trajectories": len(ranges),
+    }
+    values.update(overrides)
+    return DatasetMetadata(**values)
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def save_dataset(
+    path: str | os.PathLike, data: dict[str, np.ndarray], metadata: DatasetMetadata
+) -> None:
+    """Write ``data`` and ``metadata`` to an HDF5 file atomically (temp file, then os.replace).
+
+    Every array must be float32 (see :func:`validate_data`); ``obs_dim``, ``act_dim`` and
+    ``num_trajectories`` left at 0 are filled from the data in the stored copy.
+    """
+    validate_data(data, strict_dtype=True)
+    validate_metadata(metadata, data)
+    stored = DatasetMetadata(**{f.name: getattr(metadata, f.name) for f in fields(metadata)})
+    stored.obs_dim = stored.obs_dim or int(data["observations"].shape[1])
+    stored.act_dim = stored.act_dim or int(data["actions"].shape[1])
+    stored.num_trajectories = stored.num_trajectories or len(split_trajectories(data))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key in REQUIRED_KEYS:
+                f.create_dataset(key, data=data[key], compression="gzip", compression_opts=4)
+            f.attrs[_METADATA_ATTR] = stored.to_json()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_dataset(
+    path: str | os.PathLike, metadata: DatasetMetadata | None = None, env_id: str | None = None
+) -> tuple[dict[str, np.ndarray], DatasetMetadata]:
+    """Read a DSRL-format HDF5 file; return (data, metadata), every array float32.
+
+    Metadata: ``metadata`` if given (it overrides the file's), else the file's own, else
+    :func:`infer_metadata` with ``env_id`` (default: the file's stem). Files without our
+    metadata (real DSRL files) may hold any real or bool dtype; they are cast to float32.
+    Extra top-level keys in such files are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset file at {str(path)!r}")
+    with h5py.File(path, "r") as f:
+        missing = [k for k in REQUIRED_KEYS if k not in f or not isinstance(f[k], h5py.Dataset)]
+        if missing:
+            raise KeyError(f"{path.name} lacks required key(s) {missing}; "
+                           f"expected top-level arrays {list(REQUIRED_KEYS)}")  # fmt: skip
+        raw = {k: f[k][()] for k in REQUIRED_KEYS}
+        stored = f.attrs.get(_METADATA_ATTR)
+    ours = stored is not None
+    validate_data(raw, strict_dtype=ours)
+    data = {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+    if metadata is None:
+        if ours:
+            text = stored.decode() if isinstance(stored, bytes) else str(stored)
+            metadata = DatasetMetadata.from_json(text)
+        else:
+            metadata = infer_metadata(data, env_id=env_id or path.stem)
+    validate_metadata(metadata, data)
+    return data, metadata
