@@ -1,0 +1,135 @@
+"""Behaviour cloning baselines of the DSRL/OSRL benchmark: BC-All and BC-Safe.
+
+* BC-All clones every transition of the dataset (cost-blind).
+* BC-Safe clones only the trajectories whose cost return is at most the threshold κ
+  (Liu et al., "Datasets and Benchmarks for Offline Safe RL", 2023 — OSRL's BC-Safe).
+
+Deterministic MLP actor ``a = tanh(f(s))``, mean-squared error to the data action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from saferl.offline.checkpoint import load_checkpoint, save_checkpoint
+from saferl.offline.dataset import TransitionBuffer, check_data, safe_trajectories
+from saferl.offline.networks import MLP, default_device
+
+
+@dataclass
+class BCConfig:
+    """BC hyperparameters; defaults are OSRL's."""
+
+    steps: int = 100_000
+    """Gradient steps."""
+    batch_size: int = 512
+    """Transitions per step."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the actor."""
+    cost_limit: float | None = None
+    """κ for BC-Safe (keep trajectories with cost return ≤ κ); None = BC-All."""
+    seed: int = 0
+    """Seeds initialisation and minibatches."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"BCConfig needs steps, batch_size >= 1 and lr > 0, got {self}")
+        if self.cost_limit is not None and self.cost_limit < 0:
+            raise ValueError(f"cost_limit must be >= 0 or None, got {self.cost_limit}")
+        self.hidden = tuple(self.hidden)
+
+
+def bc_loss(batch: Mapping[str, torch.Tensor], actor: MLP) -> tuple[torch.Tensor, dict]:
+    """``mean ‖π(s) − a‖²`` (summed over action dims); returns ``(loss, stats)``."""
+    loss = (actor(batch["obs"]) - batch["act"]).square().sum(dim=-1).mean()
+    return loss, {"losses/bc": loss.detach()}
+
+
+class BC:
+    """A behaviour-cloned deterministic policy (BC-All or BC-Safe).
+
+    Args:
+        obs_dim, act_dim: widths of observations and actions (actions in [−1, 1]).
+        config: :class:`BCConfig`.
+        device: torch device; default "cuda" if available else "cpu".
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        config: BCConfig | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.config = config or BCConfig()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.device = torch.device(device or default_device())
+        torch.manual_seed(self.config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.actor = MLP(obs_dim, act_dim, self.config.hidden, squash=True).to(self.device)
+        self.opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.lr)
+
+    def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One Adam step on :func:`bc_loss`."""
+        loss, stats = bc_loss(batch, self.actor)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return stats
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """``(B, obs_dim) -> (B, act_dim)``."""
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {obs.shape}")
+        return self.actor(torch.as_tensor(obs, device=self.device)).cpu().numpy()
+
+    def save(self, path: str | Path) -> None:
+        """``model.safetensors`` + ``config.json`` in folder ``path``."""
+        meta = {
+            "algorithm": "bc",
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "config": asdict(self.config),
+        }
+        save_checkpoint(path, self.actor, meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> BC:
+        """Inverse of :meth:`save`."""
+        state, meta = load_checkpoint(path, "bc")
+        agent = cls(meta["obs_dim"], meta["act_dim"], BCConfig(**meta["config"]), device)
+        agent.actor.load_state_dict(state)
+        return agent
+
+
+def train_bc(
+    data: Mapping[str, np.ndarray],
+    metadata: Any = None,
+    config: BCConfig | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[BC, list[dict[str, float]]]:
+    """Train BC-All (``config.cost_limit`` None) or BC-Safe on a DSRL dict."""
+    config = config or BCConfig()
+    check_data(data)
+    if config.cost_limit is not None:
+        data = safe_trajectories(data, config.cost_limit)
+    agent = BC(data["observations"].shape[1], data["actions"].shape[1], config, device)
+    buffer = TransitionBuffer(data, agent.device)
+    log = []
+    for step in tqdm(range(config.steps), disable=not progress, desc="BC"):
+        stats = agent.update(buffer.sample(config.batch_size, agent.generator))
+        if step + 1 == config.steps or (step + 1) % 1000 == 0:
+            log.append({"step": step + 1, **{k: float(v) for k, v in stats.items()}})
+    return agent, log

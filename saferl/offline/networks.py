@@ -1,0 +1,222 @@
+"""Networks and small helpers shared by the offline safe-RL learners.
+
+* :class:`MLP` — plain fully connected network (critics, values, BC actors).
+* :class:`EnsembleMLP` — ``E`` independent MLPs evaluated in one batched matmul, shape
+  ``(E, B, out)``; used for the twin reward / cost / feasibility critics.
+* :class:`FourierFeatures` and :class:`LNResNetNoise` — the noise network of FISOR's diffusion
+  actor (Zheng et al., ICLR 2024, App. on implementation; the IDQL LN-ResNet backbone).
+* :func:`ema_update` — Polyak / exponential moving average of parameters.
+* :class:`PIDLagrangian` — PID update of a Lagrange multiplier (Stooke et al., 2020), with the
+  OSRL defaults; :func:`per_step_cost_threshold` turns an episode budget into a per-step one.
+
+All modules take batched inputs; nothing loops over batch elements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def default_device() -> str:
+    """``"cuda"`` if a CUDA device is available, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def mlp(sizes: Iterable[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
+    sizes = list(sizes)
+    if len(sizes) < 2 or any(s <= 0 for s in sizes):
+        raise ValueError(f"mlp needs at least two positive sizes, got {sizes}")
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class MLP(nn.Module):
+    """``in_dim -> hidden... -> out_dim`` with ReLU; ``forward(*xs)`` concatenates its inputs.
+
+    Args:
+        in_dim: total width of the concatenated inputs.
+        out_dim: output width; a scalar head (``out_dim=1``) is squeezed to shape ``(B,)``.
+        hidden: hidden widths (reference: 256, 256).
+        squash: apply ``tanh`` to the output (deterministic actors with actions in [-1, 1]).
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: tuple[int, ...] = (256, 256), squash: bool = False
+    ) -> None:
+        super().__init__()
+        self.net = mlp((in_dim, *hidden, out_dim))
+        self.out_dim = out_dim
+        self.squash = squash
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        y = self.net(torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0])
+        if self.squash:
+            y = torch.tanh(y)
+        return y.squeeze(-1) if self.out_dim == 1 else y
+
+
+class EnsembleLinear(nn.Module):
+    """``E`` independent linear maps: ``(E, B, in) -> (E, B, out)`` (or ``(B, in)`` broadcast)."""
+
+    def __init__(self, ensemble: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)  # the default init of nn.Linear, per member
+        self.weight = nn.Parameter(torch.empty(ensemble, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(ensemble, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """``E`` MLPs with ReLU; ``forward(*xs)`` of ``(B, ·)`` inputs returns ``(E, B)`` for
+    ``out_dim=1`` else ``(E, B, out_dim)``."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int = 1, hidden: tuple[int, ...] = (256, 256), ensemble: int = 2
+    ) -> None:
+        super().__init__()
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+        sizes = (in_dim, *hidden, out_dim)
+        self.layers = nn.ModuleList(
+            EnsembleLinear(ensemble, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.out_dim = out_dim
+        self.ensemble = ensemble
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        h = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = F.relu(h)
+        return h.squeeze(-1) if self.out_dim == 1 else h
+
+
+class FourierFeatures(nn.Module):
+    """Learnable Fourier features of a scalar time: ``t (B,) -> [cos 2πtW, sin 2πtW] (B, dim)``.
+
+    ``W`` (``dim/2`` frequencies) starts from N(0, 0.2²) and is trained with the actor.
+    """
+
+    def __init__(self, dim: int = 64, std: float = 0.2) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"FourierFeatures dim must be even, got {dim}")
+        self.freq = nn.Parameter(torch.randn(dim // 2) * std)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angle = 2 * math.pi * t.reshape(-1, 1).float() * self.freq
+        return torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1)
+
+
+class ResidualBlock(nn.Module):
+    """``x + Dense(mish(Dense_4w(LayerNorm(Dropout(x)))))`` (the IDQL / FISOR LN-ResNet block)."""
+
+    def __init__(self, width: int = 256, expansion: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(width)
+        self.up = nn.Linear(width, width * expansion)
+        self.down = nn.Linear(width * expansion, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(F.mish(self.up(self.norm(self.dropout(x)))))
+
+
+class LNResNetNoise(nn.Module):
+    """Noise network ``ε_θ(a_t, s, t)`` of FISOR's diffusion actor.
+
+    Input ``[a_t, s, c(t)]`` with ``c(t)`` = Fourier features (64) → MLP(128, 128, mish);
+    backbone Dense(256) → ``blocks`` residual blocks → mish → Dense(action_dim).
+
+    Shapes: ``a_t (B, act_dim)``, ``s (B, obs_dim)``, ``t (B,)`` integer or float timesteps;
+    output ``(B, act_dim)``.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        width: int = 256,
+        blocks: int = 3,
+        time_dim: int = 64,
+        time_hidden: int = 128,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.time = nn.Sequential(
+            FourierFeatures(time_dim),
+            nn.Linear(time_dim, time_hidden),
+            nn.Mish(),
+            nn.Linear(time_hidden, time_hidden),
+        )
+        self.inp = nn.Linear(act_dim + obs_dim + time_hidden, width)
+        self.blocks = nn.Sequential(*(ResidualBlock(width, 4, dropout) for _ in range(blocks)))
+        self.out = nn.Linear(width, act_dim)
+
+    def forward(self, a_t: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([a_t, s, self.time(t)], dim=-1)
+        return self.out(F.mish(self.blocks(self.inp(x))))
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, rate: float) -> None:
+    """``θ_target ← (1 − rate)·θ_target + rate·θ_source`` for every parameter (in place)."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"EMA rate must lie in [0, 1], got {rate}")
+    tgt = list(target.parameters())
+    src = list(source.parameters())
+    torch._foreach_lerp_(tgt, src, rate)
+
+
+def per_step_cost_threshold(episode_budget: float, gamma: float, horizon: int) -> float:
+    """Discounted per-step threshold ``κ(1 − γ^L) / ((1 − γ) L)`` for a Q_c constraint (OSRL).
+
+    Spreading the budget κ evenly over ``L`` steps costs ``κ/L`` per step, whose discounted sum
+    ``Σ_{t<L} γ^t κ/L = κ(1 − γ^L)/((1 − γ)L)`` is the bound a discounted ``Q_c`` is held to.
+    """
+    if episode_budget < 0 or not 0.0 < gamma < 1.0 or horizon < 1:
+        raise ValueError(
+            f"need episode_budget >= 0, 0 < gamma < 1, horizon >= 1; got "
+            f"{episode_budget}, {gamma}, {horizon}"
+        )
+    return episode_budget * (1.0 - gamma**horizon) / ((1.0 - gamma) * horizon)
+
+
+class PIDLagrangian:
+    """PID Lagrange multiplier (Stooke, Achiam & Abbeel, 2020), OSRL gains 0.1 / 0.003 / 0.001.
+
+    ``update(cost, threshold)`` with ``e = cost − threshold``:
+    ``I ← max(0, I + k_i e)``, ``D = max(0, cost − cost_prev)``,
+    ``λ = max(0, k_p e + I + k_d D)``. Guarantee: ``λ ≥ 0`` always.
+    """
+
+    def __init__(self, kp: float = 0.1, ki: float = 0.003, kd: float = 0.001) -> None:
+        if min(kp, ki, kd) < 0:
+            raise ValueError(f"PID gains must be >= 0, got {kp}, {ki}, {kd}")
+        self.kp, self.ki, self.kd = kp, ki, kd
+        self.integral = 0.0
+        self.prev_cost = 0.0
+        self.value = 0.0
+
+    def update(self, cost: float, threshold: float) -> float:
+        error = float(cost) - float(threshold)
+        self.integral = max(0.0, self.integral + self.ki * error)
+        derivative = max(0.0, float(cost) - self.prev_cost)
+        self.prev_cost = float(cost)
+        self.value = max(0.0, self.kp * error + self.integral + self.kd * derivative)
+        return self.value
