@@ -23,6 +23,11 @@ from envs.symmetry import quat_mul, quat_z
 COST_TYPES = ("velocity", "region", "both")
 TASKS = ("direction", "waypoint")
 _GRAVITY = np.array([0.0, 0.0, -1.0])
+_INSTABILITY = (
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+    mujoco.mjtWarning.mjWARN_BADQACC,
+)
 
 
 class Locomotion3DEnv(gym.Env):
@@ -65,19 +70,21 @@ class Locomotion3DEnv(gym.Env):
 
     ## Episode End
     Terminated when the torso height leaves the family's band, the torso tilts beyond the
-    family's limit, or the simulation diverges (non-finite state or MuJoCo's bad-acceleration
-    warning: then ``info["diverged"] = True`` and the last finite observation is returned).
+    family's limit, or the simulation diverges (non-finite state or MuJoCo's bad qpos/qvel/qacc
+    warning, after which MuJoCo resets the state): then ``info["diverged"] = True``, the reward
+    is 0 and the last finite observation is returned.
     Truncated by the TimeLimit wrapper after 1000 steps.
 
     ## Arguments
     ``agent`` (catalogue name), ``task``, ``cost_type``, ``obs_view``, ``max_limbs`` (padding;
-    at least the agent's limbs), ``region_x`` (m), ``reset_noise``, ``ctrl_cost_weight``.
+    at least the agent's limbs), ``region_x`` (m), ``reset_noise``, ``ctrl_cost_weight``,
+    ``render_mode`` (None or ``"rgb_array"``, which needs an OpenGL context).
 
     ## Version History
     v0: first release.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(
         self,
@@ -100,8 +107,8 @@ class Locomotion3DEnv(gym.Env):
                 f"max_limbs must be an int >= {self.morph.num_limbs} (limbs of {agent!r}), "
                 f"got {max_limbs!r}"
             )
-        if render_mode is not None:
-            raise ValueError(f"render_mode must be None (no renderer offered), got {render_mode!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.spec_family: FamilySpec = FAMILIES[self.morph.family]
         self.task, self.cost_type, self.obs_view = task, cost_type, obs_view
         self.region_x, self.reset_noise = float(region_x), float(reset_noise)
@@ -118,6 +125,8 @@ class Locomotion3DEnv(gym.Env):
         self._target = np.array([1.0, 0.0, 0.0])
         self._waypoint = np.zeros(2)
         self._last_obs: Any = None
+        self._renderer: mujoco.Renderer | None = None
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
 
         self.action_space = spaces.Box(-1.0, 1.0, (self.layout.action_dim,), dtype=np.float32)
         self.observation_space = self._make_observation_space()
@@ -262,10 +271,10 @@ class Locomotion3DEnv(gym.Env):
         self.data.ctrl[self._act_rows] = action.reshape(-1, ACTIONS_PER_LIMB)[
             1 : self.morph.num_limbs
         ].ravel()
-        warnings_before = self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number
+        warnings_before = self._instability_warnings()
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         diverged = (
-            self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > warnings_before
+            self._instability_warnings() > warnings_before
             or not np.all(np.isfinite(self.data.qpos))
             or not np.all(np.isfinite(self.data.qvel))
         )
@@ -280,7 +289,25 @@ class Locomotion3DEnv(gym.Env):
         self._update_waypoint()
         return obs, reward, not self._healthy(), False, info
 
+    def render(self) -> np.ndarray | None:
+        """An RGB frame (needs an OpenGL context: set MUJOCO_GL=egl or osmesa when headless)."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, 240, 320)
+        self._renderer.update_scene(self.data)
+        return self._renderer.render()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
     # ------------------------------------------------------------------ task pieces
+    def _instability_warnings(self) -> int:
+        """MuJoCo's count of bad qpos/qvel/qacc events (it resets the state when one occurs)."""
+        return sum(self.data.warning[w].number for w in _INSTABILITY)
+
     def _check_action(self, action: Any) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)
         if a.shape != self.action_space.shape:
