@@ -1,0 +1,204 @@
+"""Offline helpers, baselines and the DSRL protocol: hand-computed values on tiny inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saferl.offline import (
+    BC,
+    BCConfig,
+    BCQLag,
+    BCQLagConfig,
+    EpisodeResults,
+    PIDLagrangian,
+    TaskInfo,
+    TransitionBuffer,
+    bc_loss,
+    check_data,
+    dsrl_scores,
+    ema_update,
+    evaluate_policy,
+    normalized_cost,
+    normalized_reward,
+    per_step_cost_threshold,
+    safe_trajectories,
+    summarize,
+    task_info,
+    train_bc,
+    train_bcq_lag,
+)
+from saferl.offline.dataset import episode_ids, trajectory_returns
+from saferl.offline.networks import EnsembleMLP, FourierFeatures, LNResNetNoise
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core CI machine more threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_data(n_traj: int = 4, length: int = 5, obs_dim: int = 3, act_dim: int = 2) -> dict:
+    """Trajectory k has reward 1 and cost k on every step; the last ends on a timeout."""
+    rng = np.random.default_rng(0)
+    n = n_traj * length
+    traj = np.repeat(np.arange(n_traj), length)
+    last = (np.arange(n) % length) == length - 1
+    return {
+        "observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "next_observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+        "rewards": np.ones(n, np.float32),
+        "costs": traj.astype(np.float32),
+        "terminals": (last & (traj % 2 == 0)).astype(np.float32),
+        "timeouts": (last & (traj % 2 == 1)).astype(np.float32),
+    }
+
+
+INFO = TaskInfo("Hopper-v5", 5, 0.0, 10.0)
+
+
+def test_trajectories_split_on_terminals_and_timeouts():
+    data = toy_data()
+    assert episode_ids(data).tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+    rewards, costs = trajectory_returns(data)
+    assert rewards.tolist() == [5, 5, 5, 5] and costs.tolist() == [0, 5, 10, 15]
+
+
+def test_bc_safe_keeps_trajectories_within_budget():
+    kept = safe_trajectories(toy_data(), cost_limit=5.0)
+    assert len(kept["rewards"]) == 10 and set(kept["costs"].tolist()) == {0.0, 1.0}
+    with pytest.raises(ValueError, match="no trajectory"):
+        safe_trajectories({**toy_data(), "costs": np.ones(20, np.float32) * 9}, 1.0)
+
+
+def test_check_data_names_the_problem():
+    data = toy_data()
+    with pytest.raises(KeyError, match="costs"):
+        check_data({k: v for k, v in data.items() if k != "costs"})
+    bad = {**data, "rewards": data["rewards"].copy()}
+    bad["rewards"][3] = np.nan
+    with pytest.raises(ValueError, match="rewards"):
+        check_data(bad)
+    with pytest.raises(ValueError, match="actions"):
+        check_data({**data, "actions": data["actions"][:-1]})
+    with pytest.raises(KeyError, match="reward_max"):
+        task_info({"env_id": "x", "max_episode_steps": 5, "reward_min": 0.0})
+    with pytest.raises(ValueError, match="reward_max > reward_min"):
+        TaskInfo("x", 5, 1.0, 1.0)
+
+
+def test_buffer_scales_rewards_and_marks_done():
+    buf = TransitionBuffer(toy_data(), "cpu", reward_scale=0.5)
+    batch = buf.sample(64, torch.Generator().manual_seed(0))
+    assert batch["obs"].shape == (64, 3) and batch["act"].shape == (64, 2)
+    assert torch.all(batch["reward"] == 0.5)
+    assert buf.tensors["done"].sum().item() == 4  # 2 terminals + 2 timeouts
+
+
+def test_normalised_scores_hand_values():
+    assert normalized_reward(7.5, INFO) == pytest.approx(0.75)
+    assert normalized_cost(5.0, 10.0) == pytest.approx(0.5)
+    assert normalized_cost(0.0, 0.0) == pytest.approx(1.0)  # ε = 1 when κ = 0
+    assert normalized_cost(1.0, 0.0) == pytest.approx(2.0)
+    res = EpisodeResults(np.array([5.0, 10.0]), np.array([10.0, 30.0]), np.array([5, 5]))
+    rows = dsrl_scores(res, INFO, [10.0, 40.0])
+    assert [r["cost"] for r in rows] == [2.0, 0.5] and [r["safe"] for r in rows] == [False, True]
+    assert rows[0]["reward"] == pytest.approx(0.75)
+    summary = summarize([{"task": "t", "method": "m", "seed": s, **r}
+                         for s in (0, 1) for r in rows])  # fmt: skip
+    assert summary[0]["cost"] == pytest.approx(1.25) and not summary[0]["safe"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 1000), st.just(0.0) | st.floats(1e-3, 1e3))
+def test_normalised_cost_safe_iff_within_threshold(cost, kappa):
+    assert (normalized_cost(cost, kappa) <= 1.0) == (cost <= kappa)
+
+
+def test_per_step_threshold_and_pid_hand_values():
+    # κ(1 − γ^L)/((1 − γ)L) with κ = 10, γ = 0.5, L = 2: 10·0.75/(0.5·2) = 7.5
+    assert per_step_cost_threshold(10.0, 0.5, 2) == pytest.approx(7.5)
+    pid = PIDLagrangian(0.1, 0.003, 0.001)
+    # e = 3: I = 0.009, D = 5, λ = 0.3 + 0.009 + 0.005
+    assert pid.update(5.0, 2.0) == pytest.approx(0.314)
+    # e = −1: I = 0.006, D = max(0, 1 − 5) = 0, λ = max(0, −0.1 + 0.006) = 0
+    assert pid.update(1.0, 2.0) == 0.0
+    with pytest.raises(ValueError):
+        per_step_cost_threshold(10.0, 1.0, 5)
+
+
+def test_ema_rate_hand_value():
+    a, b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        a.weight.fill_(1.0)
+        b.weight.fill_(3.0)
+    ema_update(a, b, 0.001)
+    assert a.weight.item() == pytest.approx(1.002)
+
+
+def test_network_shapes():
+    q = EnsembleMLP(5, 1, (8, 8), 2)
+    assert q(torch.zeros(7, 3), torch.zeros(7, 2)).shape == (2, 7)
+    ff = FourierFeatures(64)
+    assert ff(torch.arange(5)).shape == (5, 64)
+    net = LNResNetNoise(4, 3)
+    assert net(torch.zeros(6, 3), torch.zeros(6, 4), torch.zeros(6, dtype=torch.long)).shape == (
+        6, 3,
+    )  # fmt: skip
+
+
+def test_bc_loss_and_training_fit_a_constant():
+    data = toy_data()
+    data["actions"][:] = 0.5
+    agent, log = train_bc(data, None, BCConfig(steps=200, batch_size=16, hidden=(16,)), "cpu")
+    assert log[-1]["losses/bc"] < 0.05
+    np.testing.assert_allclose(agent.act(data["observations"][:3]), 0.5, atol=0.1)
+    batch = {"obs": torch.zeros(2, 3), "act": torch.ones(2, 2)}
+    loss, _ = bc_loss(batch, agent.actor)
+    pred = agent.actor(torch.zeros(1, 3))
+    assert loss.item() == pytest.approx(((pred - 1) ** 2).sum().item(), rel=1e-5)
+
+
+def test_bc_checkpoint_round_trip(tmp_path):
+    agent = BC(3, 2, BCConfig(hidden=(8,)), "cpu")
+    agent.save(tmp_path / "bc")
+    obs = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(BC.load(tmp_path / "bc", "cpu").act(obs), agent.act(obs))
+
+
+def test_bcq_lag_trains_and_raises_lambda_on_costly_data(tmp_path):
+    data = toy_data(n_traj=6)
+    data["costs"][:] = 1.0  # every step costs: Q_c ≫ threshold, λ must grow
+    cfg = BCQLagConfig(steps=30, batch_size=16, hidden=(16, 16), vae_hidden=(16, 16),
+                       cost_limit=0.0, num_samples=3)  # fmt: skip
+    agent, log = train_bcq_lag(data, INFO, cfg, "cpu")
+    assert log[-1]["values/lambda"] > 0
+    assert agent.cost_threshold == 0.0
+    act = agent.act(data["observations"][:4])
+    assert act.shape == (4, 2) and np.all(np.abs(act) <= 1)
+    agent.save(tmp_path / "bcq")
+    np.testing.assert_array_equal(BCQLag.load(tmp_path / "bcq", "cpu").act(data["observations"]),
+                                  agent.act(data["observations"]))  # fmt: skip
+
+
+def test_evaluate_policy_runs_episodes_side_by_side():
+    calls = []
+
+    def policy(obs):
+        calls.append(len(obs))
+        return np.zeros((len(obs), 3))
+
+    from saferl.offline import make_env
+
+    res = evaluate_policy(policy, lambda: make_env("Hopper-v5"), episodes=3, max_steps=7)
+    assert res.lengths.tolist() == [7, 7, 7] and calls[0] == 3 and len(calls) == 7
+    assert np.all(res.costs >= 0) and res.returns.shape == (3,)
+    with pytest.raises(ValueError):
+        evaluate_policy(policy, lambda: make_env("Hopper-v5"), episodes=0)
