@@ -1,0 +1,398 @@
+"""Multi-morphology TD3 (Fujimoto et al., ICML 2018) with SET / transformer / MLP policies.
+
+One shared policy trains on every training agent of an ``envs`` suite at once: a DummyVecEnv
+steps all of them in parallel with a common padding ``max_limbs`` (the suite's largest agent,
+held-out agents included), the replay buffer mixes their transitions, and the policy decodes
+the graph view inside its forward pass (3D-SGRL's multi-task setting). Stable-Baselines3's TD3
+does the update math; :class:`saferl.policies.LimbTD3Policy` supplies the networks.
+Zero-shot evaluation runs the trained policy on the suite's held-out agents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import TD3
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import envs
+from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, default_device, make_config
+
+
+@dataclass
+class TD3Config:
+    """Multi-morphology TD3; defaults are 3D-SGRL's TD3 hyperparameters."""
+
+    suite: str = "Hopper++"
+    """Suite of ``envs.catalogue()`` (its training agents step together)."""
+    agents: list[str] | None = None
+    """Train on these catalogue agents instead of the suite's training split (held-out agents
+    still come from ``suite``)."""
+    policy: str = "set"
+    """Policy kind: "set", "transformer" or "mlp"."""
+    net_config: dict[str, Any] | None = None
+    """Network sizes of the policy kind (None = reference sizes)."""
+    total_steps: int = 5_000_000
+    """Environment transitions over all agents (the paper's budget is about 5e6)."""
+    learning_rate: float = 1e-4
+    """Adam step size of actor and critic."""
+    batch_size: int = 256
+    """Minibatch size of each update."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient of the target networks."""
+    target_noise: float = 0.2
+    """Std of the target policy smoothing noise."""
+    noise_clip: float = 0.5
+    """Clip of the target policy smoothing noise."""
+    policy_delay: int = 2
+    """Critic updates per actor (and target) update."""
+    exploration_noise: float = 0.126
+    """Std of the Gaussian exploration noise on actions."""
+    max_grad_norm: float = 0.1
+    """Global gradient-norm clip of each update."""
+    learning_starts: int = 5_000
+    """Uniform random warm-up transitions before learning."""
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity (transitions)."""
+    gradient_steps: int = 1
+    """Updates after each vector-env step (one transition per training agent)."""
+    max_limbs: int | None = None
+    """Padding of the flat view; None = the largest agent of the suite."""
+    cost_type: str = "velocity"
+    """Safety cost recorded in ``info["cost"]`` (not optimised by TD3)."""
+    seed: int = 0
+    """Seeds numpy, torch, the envs and SB3."""
+    eval_episodes: int = 5
+    """Episodes per agent in the final evaluation."""
+    eval_max_steps: int | None = None
+    """Cap on evaluation episode length (None = the env's 1000-step limit)."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the SB3 model, its history and final evaluation."""
+
+    model: TD3
+    config: TD3Config
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[dict[str, float]] = field(default_factory=list)
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def suite_agents(suite: str, split: str) -> list[str]:
+    """Catalogue agent names of a suite's ``split`` ("train" or "heldout")."""
+    suites = envs.catalogue().suites
+    if suite not in suites:
+        raise KeyError(f"unknown suite {suite!r}; expected one of {sorted(suites)}")
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    return list(getattr(suites[suite], split))
+
+
+def suite_max_limbs(agents: list[str]) -> int:
+    """Limbs of the largest of ``agents`` (the common padding of their flat views)."""
+    return max(envs.get_morphology(a).num_limbs for a in agents)
+
+
+def make_vec_env(
+    agents: list[str], max_limbs: int, seed: int = 0, cost_type: str = "velocity"
+) -> DummyVecEnv:
+    """One DummyVecEnv stepping every agent of ``agents`` (padded to ``max_limbs``)."""
+    ids = [envs.env_id(a) for a in agents]
+
+    def factory(env_id: str):
+        return lambda: envs.make(env_id, max_limbs=max_limbs, cost_type=cost_type)
+
+    vec = DummyVecEnv([factory(i) for i in ids])
+    vec.seed(seed)
+    return vec
+
+
+class EpisodeRecorder(BaseCallback):
+    """Records every finished training episode (return, cost, length, agent) and the last
+    logged losses (``train/actor_loss``, ``train/critic_loss``) after each update."""
+
+    def __init__(self, agents: list[str]) -> None:
+        super().__init__()
+        self.agents = agents
+        self.episodes: list[dict[str, Any]] = []
+        self.losses: list[dict[str, float]] = []
+        self._ret = np.zeros(len(agents))
+        self._cost = np.zeros(len(agents))
+        self._len = np.zeros(len(agents), dtype=int)
+        self._updates_seen = -1
+
+    def _on_step(self) -> bool:
+        rewards, dones, infos = self.locals["rewards"], self.locals["dones"], self.locals["infos"]
+        self._ret += rewards
+        self._cost += [float(info.get("cost", 0.0)) for info in infos]
+        self._len += 1
+        for i in np.flatnonzero(dones):
+            self.episodes.append(
+                {
+                    "step": int(self.num_timesteps),
+                    "agent": self.agents[i],
+                    "return": float(self._ret[i]),
+                    "cost": float(self._cost[i]),
+                    "length": int(self._len[i]),
+                }
+            )
+            self._ret[i], self._cost[i], self._len[i] = 0.0, 0.0, 0
+        return True
+
+    def _on_rollout_start(self) -> None:
+        values = self.model.logger.name_to_value
+        updates = int(getattr(self.model, "_n_updates", 0))
+        if "train/critic_loss" in values and updates != self._updates_seen:
+            self._updates_seen = updates
+            entry = {"step": int(self.num_timesteps), "updates": updates}
+            entry["critic_loss"] = float(values["train/critic_loss"])
+            if "train/actor_loss" in values:
+                entry["actor_loss"] = float(values["train/actor_loss"])
+            self.losses.append(entry)
+
+
+def build_model(
+    config: TD3Config, vec_env: DummyVecEnv, device: str | None = None, verbose: int = 0
+) -> TD3:
+    """SB3 TD3 with a :class:`LimbTD3Policy` of ``config.policy`` on ``vec_env``."""
+    make_config(config.policy, config.net_config)  # clear error on a bad kind / field
+    n_actions = vec_env.action_space.shape[0]
+    noise = NormalActionNoise(np.zeros(n_actions), config.exploration_noise * np.ones(n_actions))
+    return TD3(
+        LimbTD3Policy,
+        vec_env,
+        learning_rate=config.learning_rate,
+        buffer_size=config.buffer_size,
+        learning_starts=config.learning_starts,
+        batch_size=config.batch_size,
+        tau=config.tau,
+        gamma=config.gamma,
+        train_freq=1,
+        gradient_steps=config.gradient_steps,
+        action_noise=noise,
+        policy_delay=config.policy_delay,
+        target_policy_noise=config.target_noise,
+        target_noise_clip=config.noise_clip,
+        policy_kwargs={
+            "kind": config.policy,
+            "net_config": config.net_config,
+            "optimizer_class": ClippedAdam,
+            "optimizer_kwargs": {"max_grad_norm": config.max_grad_norm},
+        },
+        seed=config.seed,
+        device=device or default_device(),
+        verbose=verbose,
+    )
+
+
+def validate(config: TD3Config) -> None:
+    """Clear errors for a bad config, before any env is built."""
+    if config.policy not in KINDS:
+        raise KeyError(f"unknown policy {config.policy!r}; expected one of {sorted(KINDS)}")
+    make_config(config.policy, config.net_config)
+    for name in ("total_steps", "batch_size", "buffer_size", "gradient_steps", "policy_delay"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not 0.0 <= config.gamma <= 1.0 or not 0.0 < config.tau <= 1.0:
+        raise ValueError(f"need 0 <= gamma <= 1 and 0 < tau <= 1, got {config.gamma}, {config.tau}")
+    suite_agents(config.suite, "train")
+    for agent in config.agents or []:
+        envs.get_morphology(agent)
+
+
+def train(
+    config: TD3Config, device: str | None = None, progress: bool = False, verbose: int = 0
+) -> TrainResult:
+    """Train one shared policy on the suite's training agents, then evaluate it on the training
+    and held-out agents (``config.eval_episodes`` each, deterministic actions)."""
+    validate(config)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    train_agents = list(config.agents or suite_agents(config.suite, "train"))
+    heldout = [a for a in suite_agents(config.suite, "heldout") if a not in train_agents]
+    max_limbs = config.max_limbs or suite_max_limbs(train_agents + heldout)
+    vec = make_vec_env(train_agents, max_limbs, config.seed, config.cost_type)
+    model = build_model(config, vec, device, verbose)
+    recorder = EpisodeRecorder(train_agents)
+    start = time.perf_counter()
+    model.learn(config.total_steps, callback=recorder, progress_bar=progress)
+    seconds = time.perf_counter() - start
+    evaluation = {}
+    if config.eval_episodes > 0:
+        for split, agents in (("train", train_agents), ("heldout", heldout)):
+            for agent in agents:
+                stats = evaluate(model.policy.actor, agent, max_limbs, config.eval_episodes,
+                                 seed=10_000 + config.seed, cost_type=config.cost_type,
+                                 max_steps=config.eval_max_steps)  # fmt: skip
+                evaluation[agent] = {**stats, "split": split}
+    vec.close()
+    return TrainResult(model, config, recorder.episodes, recorder.losses, evaluation, seconds)
+
+
+@torch.no_grad()
+def evaluate(
+    actor: torch.nn.Module,
+    agent: str,
+    max_limbs: int,
+    episodes: int = 5,
+    seed: int = 0,
+    cost_type: str = "velocity",
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """Mean and sd of return and cost of ``episodes`` deterministic episodes of ``agent``.
+
+    The episodes run side by side (one batched actor call per step). ``actor`` maps flat
+    observations (B, flat_dim) to actions (B, max_limbs * 3).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    device = next(actor.parameters()).device
+    pool = [envs.make(envs.env_id(agent), max_limbs=max_limbs, cost_type=cost_type)
+            for _ in range(episodes)]  # fmt: skip
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(pool)])
+    returns, costs = np.zeros(episodes), np.zeros(episodes)
+    alive = np.ones(episodes, dtype=bool)
+    steps = 0
+    while alive.any() and (max_steps is None or steps < max_steps):
+        actions = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        for i in np.flatnonzero(alive):
+            obs[i], reward, terminated, truncated, info = pool[i].step(actions[i])
+            returns[i] += reward
+            costs[i] += float(info.get("cost", 0.0))
+            alive[i] = not (terminated or truncated)
+        steps += 1
+    for env in pool:
+        env.close()
+    return {
+        "return_mean": float(returns.mean()),
+        "return_sd": float(returns.std()),
+        "cost_mean": float(costs.mean()),
+        "episodes": episodes,
+    }
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Write ``payload`` as JSON atomically (temp file, then os.replace)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def save_run(result: TrainResult, folder: str) -> dict[str, str]:
+    """Save a run: SB3 zip (``model.zip``), actor weights (``actor.safetensors``) with its
+    config (``config.json``), and metrics (``metrics.json``). Returns the paths."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    paths = {name: os.path.join(folder, name) for name in
+             ("model.zip", "actor.safetensors", "config.json", "metrics.json")}  # fmt: skip
+    result.model.save(paths["model.zip"])
+    mu = result.model.policy.actor.mu
+    state = {k: v.detach().cpu().contiguous() for k, v in mu.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=folder)
+    os.close(fd)
+    save_file(state, tmp)
+    os.replace(tmp, paths["actor.safetensors"])
+    obs_dim = int(result.model.observation_space.shape[0])
+    write_json(paths["config.json"], {"td3": dataclasses.asdict(result.config), "obs_dim": obs_dim,
+                                      "versions": versions()})  # fmt: skip
+    write_json(paths["metrics.json"], {"episodes": result.episodes, "losses": result.losses,
+                                       "evaluation": result.evaluation,
+                                       "seconds": result.seconds})  # fmt: skip
+    return paths
+
+
+def load_actor(folder: str, device: str | None = None) -> torch.nn.Module:
+    """The actor saved by :func:`save_run` (safetensors + JSON; nothing is unpickled)."""
+    from gymnasium import spaces
+    from safetensors.torch import load_file
+
+    from envs.layout import ObsLayout
+    from saferl.policies import build_actor
+
+    with open(os.path.join(folder, "config.json")) as handle:
+        saved = json.load(handle)
+    layout = ObsLayout.from_flat_dim(int(saved["obs_dim"]))
+    obs_space = spaces.Box(-np.inf, np.inf, (layout.flat_dim,), np.float32)
+    act_space = spaces.Box(-1.0, 1.0, (layout.action_dim,), np.float32)
+    cfg = saved["td3"]
+    actor = build_actor(cfg["policy"], obs_space, act_space, cfg["net_config"], device="cpu")
+    actor.load_state_dict(load_file(os.path.join(folder, "actor.safetensors")))
+    return actor.to(device or default_device()).eval()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a run depends on."""
+    import gymnasium
+    import mujoco
+    import stable_baselines3
+
+    import saferl
+
+    return {"saferl": saferl.__version__, "torch": torch.__version__,
+            "stable_baselines3": stable_baselines3.__version__,
+            "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__}  # fmt: skip
+
+
+@torch.no_grad()
+def critic_td_loss(model: TD3, replay_data: Any) -> float:
+    """TD3's critic loss on a replay batch, without target smoothing noise (deterministic):
+    mean over the twin critics of MSE(Q_i(s, a), r + gamma (1 - done) min_j Q'_j(s', pi'(s')))."""
+    policy = model.policy
+    next_actions = policy.actor_target(replay_data.next_observations)
+    next_q = torch.cat(policy.critic_target(replay_data.next_observations, next_actions), dim=1)
+    next_q = next_q.min(dim=1, keepdim=True).values
+    target = replay_data.rewards + (1 - replay_data.dones) * model.gamma * next_q
+    current = policy.critic(replay_data.observations, replay_data.actions)
+    return float(sum(torch.nn.functional.mse_loss(q, target) for q in current) / len(current))
+
+
+def demo_stage(budget_steps: int = 600, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """A tiny TD3 + SET run on one agent (hopper_3) for ``saferl demo`` (well under 60 s on a
+    CPU): returns the episodes seen, the critic loss before/after extra updates on a fixed batch,
+    the return of the trained policy and its rotation-invariance error."""
+    from saferl.policies import invariance_error, orbit_angles
+
+    start = time.perf_counter()
+    config = TD3Config(
+        suite="Hopper++", agents=["hopper_3"], policy="set", total_steps=budget_steps,
+        net_config={"width": 32, "ff": 64, "heads": 2, "layers": 2, "channels": 8},
+        learning_starts=budget_steps // 2, batch_size=32, learning_rate=1e-3,
+        max_grad_norm=1.0, seed=seed, eval_episodes=2, eval_max_steps=200,
+    )  # fmt: skip
+    result = train(config, device=device)
+    model = result.model
+    batch = model.replay_buffer.sample(256)
+    before = critic_td_loss(model, batch)
+    model.train(gradient_steps=30, batch_size=64)
+    after = critic_td_loss(model, batch)
+    actor = model.policy.actor.eval()
+    error = invariance_error(actor, batch.observations, orbit_angles(12))
+    return {
+        "agent": "hopper_3",
+        "budget_steps": budget_steps,
+        "episodes": len(result.episodes),
+        "first_returns": [e["return"] for e in result.episodes[:5]],
+        "critic_loss_before": before,
+        "critic_loss_after": after,
+        "eval_return": result.evaluation["hopper_3"]["return_mean"],
+        "rotation_invariance_error": error,
+        "seconds": time.perf_counter() - start,
+    }

@@ -1,0 +1,50 @@
+"""Policies for the 3D locomotion suites: SET (subequivariant transformer), a limb transformer
+without equivariance (SWAT-like) and an MLP, all mapping padded flat observations to torques;
+SB3 TD3 glue; the equivariance audit."""
+
+from saferl.policies.audit import (
+    action_orbit,
+    invariance_error,
+    orbit_angles,
+    plot_orbits,
+    reflect_flat,
+    return_orbit,
+    rotate_flat,
+    rotation_z,
+)
+from saferl.policies.factory import KINDS, build_actor, build_critic, default_device, make_config
+from saferl.policies.graph import hop_distances, layout_for
+from saferl.policies.mlp import MLPActor, MLPConfig, MLPCritic
+from saferl.policies.sb3 import ClippedAdam, LimbTD3Policy
+from saferl.policies.set import SETActor, SETConfig, SETCritic, gram_invariants
+from saferl.policies.transformer import TransformerActor, TransformerConfig, TransformerCritic
+
+__all__ = [
+    "KINDS",
+    "ClippedAdam",
+    "LimbTD3Policy",
+    "MLPActor",
+    "MLPConfig",
+    "MLPCritic",
+    "SETActor",
+    "SETConfig",
+    "SETCritic",
+    "TransformerActor",
+    "TransformerConfig",
+    "TransformerCritic",
+    "action_orbit",
+    "build_actor",
+    "build_critic",
+    "default_device",
+    "gram_invariants",
+    "hop_distances",
+    "invariance_error",
+    "layout_for",
+    "make_config",
+    "orbit_angles",
+    "plot_orbits",
+    "reflect_flat",
+    "return_orbit",
+    "rotate_flat",
+    "rotation_z",
+]
