@@ -146,3 +146,20 @@ def test_cli_tiny_collection_end_to_end(tmp_path):
     # 2 checkpoints x 3 modes x 2 episodes rolled out; at most 1 per cell of the 3x3 grid kept
     assert len(summary["kept"]) == 12 and sum(summary["kept"]) == meta.num_trajectories <= 9
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_experiment_script_quick(tmp_path):
+    """experiments/collect_datasets.py --quick writes a dataset, a plot and the table."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "experiments" / "collect_datasets.py"
+    spec = importlib.util.spec_from_file_location("collect_datasets", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "results"
+    argv = ["--quick", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert module.main(argv) == 0
+    table = (out / "datasets_table.md").read_text()
+    assert PLANAR in table and "safe@" in table
+    assert (out / f"datasets_{PLANAR}.png").exists()
