@@ -1,5 +1,12 @@
-"""DSRL-format offline safe-RL datasets: file format, collection with Lagrangian behaviour
-policies, and the PID Lagrangian they use."""
+"""DSRL-format offline safe-RL datasets: file format (:mod:`saferl.data.dsrl`), collection with
+Lagrangian behaviour policies (:mod:`saferl.data.collect`), the PID Lagrangian they use
+(:mod:`saferl.data.lagrangian`) and the spread plot (:mod:`saferl.data.plot`).
+
+The format functions import only numpy and h5py; the collection names (which pull in
+Stable-Baselines3) load on first use.
+"""
+
+from importlib import import_module
 
 from saferl.data.dsrl import (
     REQUIRED_KEYS,
@@ -14,9 +21,28 @@ from saferl.data.dsrl import (
     validate_data,
     validate_metadata,
 )
+from saferl.data.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
+
+_LAZY = {
+    "CollectConfig": "saferl.data.collect",
+    "CollectResult": "saferl.data.collect",
+    "collect": "saferl.data.collect",
+    "grid_filter": "saferl.data.collect",
+    "rollout": "saferl.data.collect",
+    "plot_spread": "saferl.data.plot",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'saferl.data' has no attribute {name!r}")
+
 
 __all__ = [
-    "REQUIRED_KEYS", "DatasetMetadata", "concatenate", "infer_metadata", "load_dataset",
-    "save_dataset", "select_trajectories", "split_trajectories", "trajectory_returns",
-    "validate_data", "validate_metadata",
+    "REQUIRED_KEYS", "CollectConfig", "CollectResult", "DatasetMetadata", "PIDLagrangian",
+    "PIDLagrangianConfig", "annealed_limit", "collect", "concatenate", "grid_filter",
+    "infer_metadata", "load_dataset", "plot_spread", "rollout", "save_dataset",
+    "select_trajectories", "split_trajectories", "trajectory_returns", "validate_data",
+    "validate_metadata",
 ]  # fmt: skip

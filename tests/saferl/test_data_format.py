@@ -219,3 +219,12 @@ def test_split_property(lengths, seed):
     rets, costs = trajectory_returns(data)
     assert rets.sum() == pytest.approx(data["rewards"].astype(np.float64).sum(), abs=1e-6)
     assert costs.sum() == pytest.approx(float(data["costs"].sum()))
+
+
+def test_public_api_reexports():
+    import saferl.data as d
+
+    for name in d.__all__:
+        assert getattr(d, name) is not None
+    with pytest.raises(AttributeError, match="nope"):
+        d.nope  # noqa: B018
