@@ -1,0 +1,125 @@
+"""COLEP vs single-model robust CP for "will the cost constraint be violated within k steps?"
+
+    python experiments/colep_hopper.py             # full: 4000 states, 200 splits
+    python experiments/colep_hopper.py --quick --out /tmp/r
+
+Task: ``envs.make("SaferlPlanar-HopperVelocity-v0")`` (Gymnasium Hopper-v5 with Safety-
+Gymnasium's cost 1{x-velocity > 0.7402}). States come from seeded episodes of perturbed random
+policies (a = clip(b + s·N(0, I)), b ~ U(−0.6, 0.6)³, s ~ U(0.2, 1) per episode, ≤ 150 steps).
+Label: 1 if any step among the next k = 10 has cost 1 ("violation"), else 0 ("safe").
+Attributes of the current state: speed above the threshold (the constraint itself), fast
+(speed > threshold / 2), torso tilted forward (pitch > 0.05), pitching forward (pitch rate
+> 0.5), torso tilted backward (pitch < −0.05). Knowledge rules: safe ⇒ ¬(speed above threshold),
+safe ⇒ ¬fast, safe ⇒ ¬tilted forward, safe ⇒ ¬pitching forward, violation ⇒ fast,
+violation ⇒ ¬tilted backward (weights learned). Inputs: the 11 observations standardised with
+training statistics; ε is in standardised units. Train/fit/pool are split by episode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from colep_benchmark import BenchConfig, Task, markdown_table, plot, run_benchmark  # noqa: E402
+
+TASK_ID = "SaferlPlanar-HopperVelocity-v0"
+THRESHOLD = 0.7402  # Safety-Gymnasium's Hopper velocity threshold
+HORIZON = 10
+ATTRIBUTES = ["speed > threshold", "fast", "tilted forward", "pitching forward", "tilted back"]
+RULES = [[-1, -1, -1, -1, 0], [0, 1, 0, 0, -1]]  # rows: safe, violation
+
+
+def rollouts(n_states: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(observations (N, 11), per-step costs (N,), episode ids (N,)) from perturbed policies."""
+    import envs
+
+    env = envs.make(TASK_ID)
+    rng = np.random.default_rng(seed)
+    obs, cost, episode = [], [], []
+    e = 0
+    while len(obs) < n_states:
+        o, _ = env.reset(seed=int(rng.integers(2**31)))
+        bias, scale = rng.uniform(-0.6, 0.6, 3), rng.uniform(0.2, 1.0)
+        for _ in range(150):
+            a = np.clip(bias + scale * rng.standard_normal(3), -1, 1).astype(np.float32)
+            o_next, _, terminated, truncated, info = env.step(a)
+            obs.append(o)
+            cost.append(info["cost"])
+            episode.append(e)
+            o = o_next
+            if terminated or truncated:
+                break
+        e += 1
+    env.close()
+    return np.array(obs[:n_states]), np.array(cost[:n_states]), np.array(episode[:n_states])
+
+
+def violation_within(cost: np.ndarray, episode: np.ndarray, k: int) -> np.ndarray:
+    """1 if a cost occurs at this step or any of the next k − 1 steps of the same episode."""
+    label = np.zeros(len(cost))
+    for shift in range(k):
+        later = np.roll(cost, -shift)
+        same = np.roll(episode, -shift) == episode
+        same[len(cost) - shift :] = False
+        label = np.maximum(label, later * same)
+    return label
+
+
+def hopper_task(n_states: int, seed: int) -> Task:
+    obs, cost, episode = rollouts(n_states, seed)
+    y = violation_within(cost, episode, HORIZON)
+    v, pitch, pitch_rate = obs[:, 5], obs[:, 1], obs[:, 7]
+    attrs = np.stack([v > THRESHOLD, v > THRESHOLD / 2, pitch > 0.05, pitch_rate > 0.5,
+                      pitch < -0.05], 1)  # fmt: skip
+    x = torch.tensor(obs, dtype=torch.float32)
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    return Task("hopper", x, torch.tensor(y, dtype=torch.long), torch.tensor(attrs).float(),
+                torch.tensor(RULES), ["safe", "violation"], ATTRIBUTES,
+                groups=torch.tensor(episode))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budget (for the tests)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--states", type=int, default=4000)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = BenchConfig(seed=args.seed, eps=[0.0, 0.02, 0.05, 0.1], noise_std=0.05)
+    n_states = args.states
+    if args.quick:
+        cfg = BenchConfig(seed=args.seed, eps=[0.05], train_steps=20, n_splits=10,
+                          pgd_steps=2, hidden=8, fit_steps=20)  # fmt: skip
+        n_states = 300
+    start = time.time()
+    task = hopper_task(n_states, args.seed)
+    rows, models = run_benchmark(task, cfg)
+    acc = ", ".join(f"{k} {v:.3f}" for k, v in models.accuracy.items())
+    text = (
+        f"Hopper velocity task ({TASK_ID}), label = cost within {HORIZON} steps "
+        f"(rate {task.y.float().mean():.3f} over {n_states} states), α = {cfg.alpha}, "
+        f"{cfg.n_splits} random calibration/test splits, ℓ∞ ε in standardised units, bounds: "
+        f"{cfg.method}. Pool accuracy: {acc}. Runtime {time.time() - start:.0f} s (2-core shared "
+        f"CPU, 1 thread).\n\n{markdown_table(rows)}\n"
+    )
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, content in (("colep_hopper.md", text), ("colep_hopper.json", json.dumps(rows))):
+        tmp = args.out / (name + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, args.out / name)
+    plot(rows, args.out / "colep_hopper.png", "hopper: violation within 10 steps", cfg.alpha)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
