@@ -139,7 +139,7 @@ def robust_classification_loss(
     lb = _mixed_lower(model, x, eps_t, C, method, beta)
     loss = F.cross_entropy(-lb, y)
     verified = (lb.masked_fill(C.abs().sum(-1) == 0, float("inf")).amin(-1) > 0).float().mean()
-    return loss, {"robust_loss": float(loss), "verified_acc": float(verified)}
+    return loss, {"robust_loss": float(loss.detach()), "verified_acc": float(verified)}
 
 
 def worst_case_deviation(lower: Tensor, upper: Tensor, ref: Tensor) -> Tensor:
@@ -168,7 +168,7 @@ def robust_regression_loss(
         lo_i, up_i = beta * lo_c + (1 - beta) * lo_i, beta * up_c + (1 - beta) * up_i
     dev = worst_case_deviation(lo_i, up_i, ref)
     loss = (dev**2).mean()
-    return loss, {"robust_loss": float(loss), "max_deviation": float(dev.max())}
+    return loss, {"robust_loss": float(loss.detach()), "max_deviation": float(dev.detach().max())}
 
 
 def certified_loss(
@@ -192,5 +192,7 @@ def certified_loss(
     else:
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     loss = kappa * natural + (1 - kappa) * robust
-    stats.update({"eps": eps_t, "kappa": kappa, "beta": beta, "natural_loss": float(natural)})
+    stats.update(
+        {"eps": eps_t, "kappa": kappa, "beta": beta, "natural_loss": float(natural.detach())}
+    )
     return loss, stats

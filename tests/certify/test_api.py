@@ -1,0 +1,163 @@
+"""compute_bounds API: errors on bad input, coverage of layers, fast == dense, options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from certify_nets import CROWN_ACTS, mlp, one_thread
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from certify import compute_bounds
+
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+
+
+@pytest.fixture
+def net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return mlp([3, 8, 8, 2], ["relu"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eps": -0.1}, "non-negative"),
+        ({"eps": float("nan")}, "non-negative"),
+        ({"eps": torch.full((5,), 0.1)}, "broadcast"),
+        ({"eps": 0.1, "x_min": 1.0, "x_max": -1.0}, "x_min must be <= x_max"),
+        ({"eps": 0.1, "method": "zonotope"}, "method must be one of"),
+        ({"eps": 0.1, "C": torch.ones(2, 5)}, "C must have shape"),
+        ({"eps": 0.1, "norm": 3}, "norm must be"),
+    ],
+)
+def test_bad_input_raises(net, kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        compute_bounds(net, torch.randn(4, 3), **kwargs)
+
+
+def test_shape_mismatch_and_nan_x(net) -> None:
+    with pytest.raises(RuntimeError):
+        compute_bounds(net, torch.randn(4, 5), 0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        compute_bounds(net, torch.full((2, 3), float("nan")), 0.1)
+    with pytest.raises(ValueError, match="batched"):
+        compute_bounds(net, torch.randn(3), 0.1)
+
+
+def test_unsupported_layer_named() -> None:
+    conv = nn.Sequential(nn.Unflatten(1, (1, 4)), nn.Conv1d(1, 2, 3), nn.Flatten())
+    with pytest.raises(NotImplementedError, match="Unflatten"):
+        compute_bounds(conv, torch.randn(2, 4), 0.1)
+    silu = nn.Sequential(nn.Linear(3, 4), nn.SiLU(), nn.Linear(4, 1))
+    compute_bounds(silu, torch.randn(2, 3), 0.1, method="ibp")
+    with pytest.raises(NotImplementedError, match="crown"):
+        compute_bounds(silu, torch.randn(2, 3), 0.1, method="crown")
+
+
+def test_residual_ibp_only() -> None:
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)) + x)
+
+    x = torch.randn(3, 4)
+    lo, hi = compute_bounds(Res(), x, 0.1, method="ibp")
+    assert (lo <= Res.forward(Res(), x) * 0 + hi).all()
+    with pytest.raises(NotImplementedError, match="chain"):
+        compute_bounds(Res(), x, 0.1, method="crown")
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(
+    seed=st.integers(0, 10**6),
+    hidden=st.lists(st.integers(1, 24), min_size=1, max_size=3),
+    act=st.sampled_from(sorted(CROWN_ACTS)),
+    eps=st.sampled_from([0.01, 0.1, 0.5]),
+)
+def test_fast_equals_dense(seed, hidden, act, eps) -> None:
+    torch.manual_seed(seed)
+    net = mlp([5, *hidden, 3], [act, "relu"])
+    x = torch.randn(7, 5)
+    C = torch.randn(7, 2, 3)
+    with torch.no_grad():
+        f = compute_bounds(net, x, eps, method="crown", C=C, fast=True)
+        d = compute_bounds(net, x, eps, method="crown", C=C, fast=False)
+    torch.testing.assert_close(f[0], d[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(f[1], d[1], atol=1e-5, rtol=0)
+
+
+def test_per_feature_eps_clipping_and_C(net) -> None:
+    x = torch.rand(5, 3)
+    e = torch.tensor([0.0, 0.1, 0.2])
+    a = compute_bounds(net, x, e, method="crown")
+    b = compute_bounds(net, x, e.expand(5, 3).clone(), method="crown")
+    torch.testing.assert_close(a[0], b[0])
+    # clipping to [0, 1] can only tighten
+    c = compute_bounds(net, x, 0.5, method="crown", x_min=0.0, x_max=1.0)
+    u = compute_bounds(net, x, 0.5, method="crown")
+    assert (c[0] >= u[0] - 1e-6).all() and (c[1] <= u[1] + 1e-6).all()
+    # a specification C = [1, -1]: bounding the difference directly is at least as tight
+    C = torch.tensor([[1.0, -1.0]])
+    lo, hi = compute_bounds(net, x, 0.1, method="crown", C=C)
+    l2, u2 = compute_bounds(net, x, 0.1, method="crown")
+    assert (lo >= l2[:, :1] - u2[:, 1:] - 1e-6).all()
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+def test_lp_norm_balls_are_sound(net, norm) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(3, 3)
+    d = torch.randn(3, 4000, 3)
+    d = d / torch.linalg.vector_norm(d, ord=norm, dim=-1, keepdim=True) * 0.3
+    d = d * torch.rand(3, 4000, 1)
+    y = net(x.unsqueeze(1) + d)
+    for method in ["ibp", "crown", "crown-ibp"]:
+        lo, hi = compute_bounds(net, x, 0.3, method=method, norm=norm)
+        assert (y >= lo.unsqueeze(1) - 1e-5).all() and (y <= hi.unsqueeze(1) + 1e-5).all()
+    # the l_p ball lies in the box: IBP (monotone in its input intervals) is at least as tight
+    lo, hi = compute_bounds(net, x, 0.3, method="ibp", norm=norm)
+    lo_inf, hi_inf = compute_bounds(net, x, 0.3, method="ibp", norm=math.inf)
+    assert (hi - lo <= hi_inf - lo_inf + 1e-5).all()
+
+
+def test_fx_module_matches_sequential() -> None:
+    torch.manual_seed(0)
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(3, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return torch.tanh(self.l2(torch.relu(self.l1(x.flatten(1)))))
+
+    m = M()
+    seq = nn.Sequential(m.l1, nn.ReLU(), m.l2, nn.Tanh())
+    x = torch.randn(4, 3)
+    for method in ["ibp", "crown", "crown-ibp"]:
+        a, b = compute_bounds(m, x, 0.2, method=method), compute_bounds(seq, x, 0.2, method=method)
+        torch.testing.assert_close(a, b)
+
+
+def test_gradients_flow_for_training(net) -> None:
+    lo, hi = compute_bounds(net, torch.randn(4, 3), 0.1, method="crown-ibp")
+    (hi - lo).sum().backward()
+    assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(net) -> None:
+    x = torch.randn(64, 3)
+    for method in ["ibp", "crown", "crown-ibp"]:
+        lc, uc = compute_bounds(net, x, 0.1, method=method)
+        lg, ug = compute_bounds(net.cuda(), x.cuda(), 0.1, method=method)
+        net.cpu()
+        torch.testing.assert_close(lg.cpu(), lc, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ug.cpu(), uc, atol=1e-4, rtol=1e-4)
