@@ -1,0 +1,142 @@
+"""Offline safe-RL benchmark (DSRL protocol) on the toolkit's own DSRL-format datasets.
+
+Runs BC-All, BC-Safe, BCQ-Lag and FISOR on every dataset under data/ (or --datasets) at the
+budget below, and prints the table (normalised reward / normalised cost averaged over the
+thresholds and seeds; bold = safe, cost ≤ 1) beside FISOR's published table for context.
+Writes experiments/results/bench_offline_{table.md,scatter.png,rows.json}.
+
+    python experiments/bench_offline.py                          # all datasets, CPU budget
+    python experiments/bench_offline.py --datasets a.hdf5 --rows-only --prefix part1
+    python experiments/bench_offline.py --merge part1_rows.json part2_rows.json
+    python experiments/bench_offline.py --quick --out /tmp/x     # seconds; what the test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from saferl.offline import BenchConfig, FISORConfig, load_tasks, run_bench, write_results
+
+RESULTS = Path(__file__).parent / "results"
+
+CPU_BUDGET = {
+    "fisor_iterations": 3000,
+    "fisor_actor_batch": 256,  # 2 actor updates of 128 (reference: 2 × 1024)
+    "fisor_critic_batch": 256,
+    "bc_steps": 3000,
+    "bcq_steps": 1500,
+    "episodes": 20,
+    "seeds": (0, 1),
+}
+"""The budget of the committed table (2-core shared CPU); the reference is 1e6 / 1e5 steps."""
+
+PUBLISHED = """FISOR's published results (ICLR 2024, DSRL datasets; normalised reward / cost,
+3 thresholds × 3 seeds; cost ≤ 1 is safe):
+
+| task | BC | BCQ-Lag | CPQ | FISOR |
+|---|---|---|---|---|
+| AntVel | 0.99/12.19 | 0.85/18.54 | −1.01/0.00 | 0.89/0.00 |
+| HalfCheetahVel | 0.97/17.93 | 1.04/57.06 | 0.08/2.56 | 0.89/0.00 |
+| SwimmerVel | 0.38/2.98 | 0.29/4.10 | 0.31/11.58 | −0.04/0.00 |
+| SafetyGym avg (9) | 0.35/6.05 | 0.38/11.38 | 0.02/10.58 | 0.30/0.35 |
+| BulletGym avg (8) | 0.72/10.58 | 0.71/10.63 | 0.32/5.28 | 0.39/0.10 |"""
+
+
+def bench_config(budget: dict, device: str | None, max_eval_steps: int | None) -> BenchConfig:
+    fisor = FISORConfig(
+        iterations=budget["fisor_iterations"],
+        actor_batch_size=budget["fisor_actor_batch"],
+        critic_batch_size=budget["fisor_critic_batch"],
+        log_every=max(1, budget["fisor_iterations"] // 5),
+        **budget.get("fisor_nets", {}),
+    )
+    return BenchConfig(
+        seeds=tuple(budget["seeds"]),
+        episodes=budget["episodes"],
+        max_eval_steps=max_eval_steps,
+        fisor=fisor,
+        bc_steps=budget["bc_steps"],
+        bcq_steps=budget["bcq_steps"],
+        device=device,
+    )
+
+
+def quick_tasks(tmp: Path) -> list[str]:
+    """One tiny random-rollout dataset written with saferl.data (for --quick)."""
+    from saferl.data import save_dataset
+    from saferl.offline import random_rollouts
+
+    data, meta = random_rollouts(transitions=300, max_steps=30, seed=0)
+    meta.cost_thresholds = [2.0, 5.0]
+    path = tmp / "quick-hopper.hdf5"
+    save_dataset(path, data, meta)
+    return [str(path)]
+
+
+def budget_text(budget: dict, tasks) -> str:
+    sizes = ", ".join(f"{name}: {len(d['rewards'])} transitions" for name, d, _ in tasks)
+    return (
+        f"Budget: FISOR {budget['fisor_iterations']} iterations (actor batch "
+        f"{budget['fisor_actor_batch']} in 2 updates, critic batch {budget['fisor_critic_batch']}"
+        f"), BC-All/BC-Safe {budget['bc_steps']} steps, BCQ-Lag {budget['bcq_steps']} steps; "
+        f"seeds {list(budget['seeds'])}; {budget['episodes']} episodes per evaluation. "
+        f"Datasets: {sizes}."
+    )
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=None, help="default: data/*.hdf5")
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--prefix", default="bench_offline")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-eval-steps", type=int, default=None)
+    p.add_argument("--rows-only", action="store_true", help="write rows JSON only (for --merge)")
+    p.add_argument("--merge", nargs="+", default=None, help="rows JSON files to merge")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        rows = [r for part in parts for r in part["rows"]]
+        header = "\n".join(dict.fromkeys(part.get("budget", "") for part in parts))
+    else:
+        budget = dict(CPU_BUDGET)
+        if args.quick:
+            budget.update(fisor_iterations=5, fisor_actor_batch=32, fisor_critic_batch=32,
+                          bc_steps=5, bcq_steps=3, episodes=2, seeds=(0,),
+                          fisor_nets={"actor_width": 16, "critic_hidden": (16, 16)})  # fmt: skip
+            args.max_eval_steps = args.max_eval_steps or 8
+            paths = quick_tasks(out)
+        else:
+            paths = args.datasets or sorted(glob.glob("data/*.hdf5"))
+        if not paths:
+            raise SystemExit("no datasets: pass --datasets or create data/*.hdf5 (saferl collect)")
+        tasks = load_tasks(paths)
+        start = time.perf_counter()
+        rows = run_bench(tasks, bench_config(budget, args.device, args.max_eval_steps))
+        header = budget_text(budget, tasks) + f" Wall time {time.perf_counter() - start:.0f} s."
+        if args.rows_only:
+            text = json.dumps({"rows": rows, "budget": header}, indent=1)
+            (out / f"{args.prefix}_rows.json").write_text(text)
+            print(header)
+            return header
+    _, table = write_results(rows, out, args.prefix)
+    report = f"{header}\n\n{table}\n\n{PUBLISHED}"
+    (out / f"{args.prefix}_table.md").write_text(report + "\n")
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
