@@ -62,7 +62,7 @@ def run_config(args: argparse.Namespace, kind: str, seed: int) -> TD3Config:
         suite=args.suite, policy=kind, net_config=nets[kind], total_steps=args.steps,
         learning_starts=args.learning_starts, batch_size=args.batch_size,
         learning_rate=args.lr, max_grad_norm=args.max_grad_norm, seed=seed,
-        eval_episodes=args.eval_episodes, eval_max_steps=100 if args.quick else None,
+        eval_episodes=args.eval_episodes, eval_max_steps=50 if args.quick else None,
         buffer_size=max(args.steps, 1000),
     )  # fmt: skip
 
@@ -154,7 +154,7 @@ def plot_curves(args: argparse.Namespace, runs: dict[tuple[str, int], dict], pat
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.quick:
-        args.steps, args.learning_starts, args.seeds = 300, 150, args.seeds[:1]
+        args.steps, args.learning_starts, args.seeds = 180, 120, args.seeds[:1]
         args.batch_size, args.eval_episodes = 32, 1
     torch.set_num_threads(1)
     start = time.perf_counter()

@@ -1,0 +1,128 @@
+"""Policy interface: shapes, masking, graph bias, bad input, the factory and SB3 policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from envs.layout import ObsLayout
+from saferl.policies import LimbTD3Policy, build_actor, build_critic, hop_distances, make_config
+
+TINY = {
+    "set": {"width": 16, "ff": 32, "heads": 2, "layers": 2, "channels": 4},
+    "transformer": {"width": 16, "ff": 32, "heads": 2, "layers": 2},
+    "mlp": {"hidden": [32]},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spaces_for(max_limbs: int) -> tuple[spaces.Box, spaces.Box]:
+    layout = ObsLayout(max_limbs)
+    obs = spaces.Box(-np.inf, np.inf, (layout.flat_dim,), np.float32)
+    return obs, spaces.Box(-1.0, 1.0, (layout.action_dim,), np.float32)
+
+
+def scene(max_limbs: int, n_limbs: list[int], seed: int = 0) -> torch.Tensor:
+    """Flat observations of chains with ``n_limbs[b]`` real limbs each."""
+    gen = torch.Generator().manual_seed(seed)
+    layout = ObsLayout(max_limbs)
+    obs = torch.randn(len(n_limbs), layout.flat_dim, generator=gen)
+    _, _, s1, m1, _ = layout.bounds()
+    for b, n in enumerate(n_limbs):
+        obs[b, s1:m1] = (torch.arange(max_limbs) < n).float()
+        obs[b, m1:] = torch.where(torch.arange(max_limbs) < n, torch.arange(max_limbs) - 1.0, -1.0)
+    return obs
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+def test_actor_shapes_range_and_masked_rows(kind: str) -> None:
+    torch.manual_seed(0)
+    actor = build_actor(kind, *spaces_for(5), TINY[kind], device="cpu")
+    obs = scene(5, [2, 5, 3])
+    actions = actor(obs)
+    assert actions.shape == (3, 15)
+    assert actions.abs().max() <= 1.0
+    rows = actions.reshape(3, 5, 3)
+    assert torch.all(rows[:, 0] == 0)  # torso row is not actuated
+    assert torch.all(rows[0, 2:] == 0) and torch.all(rows[2, 3:] == 0)  # padding
+    assert rows[1, 1:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer"])
+def test_padding_does_not_change_real_limbs(kind: str) -> None:
+    """Junk in padded rows (and extra padding) leaves the actions of real limbs unchanged."""
+    torch.manual_seed(0)
+    actor = build_actor(kind, *spaces_for(6), TINY[kind], device="cpu")
+    obs = scene(6, [3, 4])
+    layout = ObsLayout(6)
+    v1, s1 = layout.bounds()[1], layout.bounds()[2]
+    noisy = obs.clone()
+    vec = noisy[:, :v1].reshape(2, 6, 24)
+    vec[0, 3:] += 5.0
+    sca = noisy[:, v1:s1].reshape(2, 6, 26)
+    sca[1, 4:] -= 3.0
+    with torch.no_grad():
+        assert torch.allclose(actor(obs), actor(noisy), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+def test_critic_shape_and_gradients(kind: str) -> None:
+    torch.manual_seed(0)
+    critic = build_critic(kind, *spaces_for(4), TINY[kind], device="cpu")
+    q = critic(scene(4, [4, 2]), torch.rand(2, 4, 3))
+    assert q.shape == (2, 1)
+    q.sum().backward()
+    grads = [p.grad for p in critic.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_hop_distances_of_a_tree() -> None:
+    parents = torch.tensor([[-1, 0, 1, 0, -1]])  # chain 0-1-2, branch 0-3, padding 4
+    dist = hop_distances(parents, max_hops=6)[0]
+    assert dist[2, 3].item() == 3 and dist[0, 2].item() == 2 and dist[1, 1].item() == 0
+    assert dist[0, 4].item() == 7  # not connected
+    assert torch.equal(dist, dist.T)
+    assert hop_distances(parents, max_hops=1)[0, 2, 3].item() == 2  # capped bucket
+
+
+def test_observation_matching_no_layout_raises() -> None:
+    actor = build_actor("set", *spaces_for(4), TINY["set"], device="cpu")
+    with pytest.raises(ValueError, match="matches no limb layout"):
+        actor(torch.zeros(2, ObsLayout(4).flat_dim + 1))
+    with pytest.raises(ValueError, match="does not match this policy"):
+        actor(torch.zeros(2, ObsLayout(5).flat_dim))  # a layout, but not this one
+    bad = spaces.Box(-1, 1, (ObsLayout(4).flat_dim - 3,), np.float32)
+    with pytest.raises(ValueError, match="matches no limb layout"):
+        build_actor("set", bad, spaces_for(4)[1], device="cpu")
+
+
+def test_bad_kind_action_space_and_config_raise() -> None:
+    obs_space, act_space = spaces_for(4)
+    with pytest.raises(KeyError, match="unknown policy kind"):
+        build_actor("gnn", obs_space, act_space)
+    with pytest.raises(ValueError, match="action space shape"):
+        build_actor("mlp", obs_space, spaces.Box(-1, 1, (7,), np.float32))
+    with pytest.raises(TypeError, match="unknown SETConfig fields"):
+        make_config("set", {"widht": 3})
+    with pytest.raises(TypeError, match="flat gymnasium Box"):
+        build_actor("set", spaces.Discrete(3), act_space)
+
+
+def test_sb3_policy_predicts_with_limb_nets() -> None:
+    obs_space, act_space = spaces_for(4)
+    policy = LimbTD3Policy(obs_space, act_space, lambda _: 1e-3, kind="set", net_config=TINY["set"])
+    assert type(policy.actor.mu).__name__ == "SETActor"
+    assert type(policy.critic.qf1.critic).__name__ == "SETCritic"
+    actions, _ = policy.predict(scene(4, [3]).numpy()[0])
+    assert actions.shape == (12,)
+    qs = policy.critic(scene(4, [3, 4]), torch.zeros(2, 12))
+    assert len(qs) == 2 and qs[0].shape == (2, 1)
