@@ -99,6 +99,14 @@ class DatasetMetadata:
         eps = 1.0 if threshold == 0 else 0.0
         return (np.asarray(cost_return, dtype=np.float64) + eps) / (threshold + eps)
 
+    def make_env(self, **kwargs: Any):
+        """The task as collected: ``envs.make(env_id, max_episode_steps=..., **env_kwargs)``;
+        ``kwargs`` override (e.g. ``render_mode``). Evaluate policies on this env."""
+        import envs
+
+        merged = {"max_episode_steps": self.max_episode_steps, **self.env_kwargs, **kwargs}
+        return envs.make(self.env_id, **merged)
+
     def to_json(self) -> str:
         """The metadata as a JSON string (what the HDF5 attribute holds)."""
         return json.dumps({"format_version": _FORMAT_VERSION, **asdict(self)}, sort_keys=True)

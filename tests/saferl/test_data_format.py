@@ -228,3 +228,17 @@ def test_public_api_reexports():
         assert getattr(d, name) is not None
     with pytest.raises(AttributeError, match="nope"):
         d.nope  # noqa: B018
+
+
+def test_metadata_make_env():
+    meta = make_meta(max_episode_steps=7)
+    env = meta.make_env()
+    env.reset(seed=0)
+    steps = 0
+    done = False
+    while not done:
+        _, _, term, trunc, info = env.step(env.action_space.sample() * 0)
+        steps += 1
+        done = term or trunc
+        assert "cost" in info
+    assert steps <= 7 and env.observation_space.shape == (11,)
