@@ -21,20 +21,33 @@ from pathlib import Path
 
 import torch
 
-from saferl.offline import BenchConfig, FISORConfig, load_tasks, run_bench, write_results
+from saferl.offline import (
+    BCConfig,
+    BCQLagConfig,
+    BenchConfig,
+    FISORConfig,
+    load_tasks,
+    run_bench,
+    write_results,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
 CPU_BUDGET = {
-    "fisor_iterations": 3000,
+    "fisor_iterations": 1500,
     "fisor_actor_batch": 256,  # 2 actor updates of 128 (reference: 2 × 1024)
     "fisor_critic_batch": 256,
-    "bc_steps": 3000,
-    "bcq_steps": 1500,
+    "fisor_nets": {"actor_width": 64},  # LN-ResNet 64 → 256 → 64 (reference: 256 → 1024 → 256)
+    "bc_steps": 1500,
+    "bcq_steps": 800,
+    "bcq_batch": 256,
+    "bcq_nets": {"vae_hidden": (256, 256)},  # reference: 750, 750
     "episodes": 20,
     "seeds": (0, 1),
 }
-"""The budget of the committed table (2-core shared CPU); the reference is 1e6 / 1e5 steps."""
+"""The budget of the committed table (2-core CPU shared by six jobs, load ≈ 10–17, one torch
+thread per process); the reference is FISOR 1e6 iterations, BC / BCQ-Lag 1e5 steps."""
+
 
 PUBLISHED = """FISOR's published results (ICLR 2024, DSRL datasets; normalised reward / cost,
 3 thresholds × 3 seeds; cost ≤ 1 is safe):
@@ -61,8 +74,10 @@ def bench_config(budget: dict, device: str | None, max_eval_steps: int | None) -
         episodes=budget["episodes"],
         max_eval_steps=max_eval_steps,
         fisor=fisor,
-        bc_steps=budget["bc_steps"],
-        bcq_steps=budget["bcq_steps"],
+        bc=BCConfig(steps=budget["bc_steps"]),
+        bcq_lag=BCQLagConfig(
+            steps=budget["bcq_steps"], batch_size=budget["bcq_batch"], **budget.get("bcq_nets", {})
+        ),
         device=device,
     )
 
@@ -80,13 +95,18 @@ def quick_tasks(tmp: Path) -> list[str]:
 
 
 def budget_text(budget: dict, tasks) -> str:
-    sizes = ", ".join(f"{name}: {len(d['rewards'])} transitions" for name, d, _ in tasks)
+    sizes = ", ".join(
+        f"{name}: {len(d['rewards'])} transitions / {m.num_trajectories} trajectories, "
+        f"κ = {'/'.join(f'{k:g}' for k in m.cost_thresholds)}"
+        for name, d, m in tasks
+    )
     return (
         f"Budget: FISOR {budget['fisor_iterations']} iterations (actor batch "
         f"{budget['fisor_actor_batch']} in 2 updates, critic batch {budget['fisor_critic_batch']}"
-        f"), BC-All/BC-Safe {budget['bc_steps']} steps, BCQ-Lag {budget['bcq_steps']} steps; "
-        f"seeds {list(budget['seeds'])}; {budget['episodes']} episodes per evaluation. "
-        f"Datasets: {sizes}."
+        f", nets {budget.get('fisor_nets', 'reference')}), BC-All/BC-Safe {budget['bc_steps']} "
+        f"steps, BCQ-Lag {budget['bcq_steps']} steps (batch {budget['bcq_batch']}, "
+        f"{budget.get('bcq_nets', 'reference nets')}); seeds {list(budget['seeds'])}; "
+        f"{budget['episodes']} episodes per evaluation. Datasets: {sizes}."
     )
 
 
@@ -114,7 +134,7 @@ def main(argv: list[str] | None = None) -> str:
         budget = dict(CPU_BUDGET)
         if args.quick:
             budget.update(fisor_iterations=5, fisor_actor_batch=32, fisor_critic_batch=32,
-                          bc_steps=5, bcq_steps=3, episodes=2, seeds=(0,),
+                          bc_steps=5, bcq_steps=3, bcq_batch=32, episodes=2, seeds=(0,),
                           fisor_nets={"actor_width": 16, "critic_hidden": (16, 16)})  # fmt: skip
             args.max_eval_steps = args.max_eval_steps or 8
             paths = quick_tasks(out)

@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--fisor-width", type=int, default=256, help="LN-ResNet width")
     p.add_argument("--bc-steps", type=int, default=100_000)
     p.add_argument("--bcq-steps", type=int, default=100_000)
+    p.add_argument("--bcq-batch", type=int, default=512)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     p.add_argument("--out", default="bench_results", help="output folder")
@@ -40,8 +41,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from saferl.offline import BCConfig, BCQLagConfig, FISORConfig
     from saferl.offline.bench import BenchConfig, load_tasks, run_bench, write_results
-    from saferl.offline.fisor import FISORConfig
 
     torch.set_num_threads(args.threads)
     fisor = FISORConfig(
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         max_eval_steps=args.max_eval_steps,
         fisor=fisor,
-        bc_steps=args.bc_steps,
-        bcq_steps=args.bcq_steps,
+        bc=BCConfig(steps=args.bc_steps),
+        bcq_lag=BCQLagConfig(steps=args.bcq_steps, batch_size=args.bcq_batch),
         device=args.device,
     )
     rows = run_bench(load_tasks(args.datasets), config)

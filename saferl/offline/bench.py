@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,10 @@ class BenchConfig:
     """Truncate evaluation episodes (None: the env's own limit)."""
     fisor: FISORConfig = field(default_factory=FISORConfig)
     """FISOR budget and hyperparameters (its seed is replaced by the grid's)."""
-    bc_steps: int = 100_000
-    """Gradient steps of BC-All and BC-Safe."""
-    bcq_steps: int = 100_000
-    """Gradient steps of BCQ-Lag."""
+    bc: BCConfig = field(default_factory=BCConfig)
+    """BC-All / BC-Safe budget (seed and cost_limit replaced by the grid's)."""
+    bcq_lag: BCQLagConfig = field(default_factory=BCQLagConfig)
+    """BCQ-Lag budget (seed and cost_limit replaced by the grid's)."""
     device: str | None = None
     """Torch device (default: cuda if available)."""
 
@@ -72,16 +72,12 @@ def _train(method: str, data, meta, cfg: BenchConfig, seed: int, kappa: float | 
     """Train one method; returns its batched ``act`` function."""
     dev = cfg.device
     if method == "fisor":
-        fcfg = FISORConfig(**{**asdict(cfg.fisor), "seed": seed})
-        agent, _ = train_fisor(data, meta, fcfg, dev)
-    elif method == "bc_all":
-        agent, _ = train_bc(data, meta, BCConfig(steps=cfg.bc_steps, seed=seed), dev)
-    elif method == "bc_safe":
-        agent, _ = train_bc(
-            data, meta, BCConfig(steps=cfg.bc_steps, seed=seed, cost_limit=kappa), dev
-        )
+        agent, _ = train_fisor(data, meta, replace(cfg.fisor, seed=seed), dev)
+    elif method in ("bc_all", "bc_safe"):
+        limit = kappa if method == "bc_safe" else None
+        agent, _ = train_bc(data, meta, replace(cfg.bc, seed=seed, cost_limit=limit), dev)
     else:
-        bcfg = BCQLagConfig(steps=cfg.bcq_steps, seed=seed, cost_limit=float(kappa))
+        bcfg = replace(cfg.bcq_lag, seed=seed, cost_limit=float(kappa))
         agent, _ = train_bcq_lag(data, meta, bcfg, dev)
     return agent.act
 
