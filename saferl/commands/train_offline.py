@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.episodes > 0:
         info = task_info(meta)
         res = evaluate_policy(agent.act, lambda: make_env(info.env_id, **meta.env_kwargs),
-                              args.episodes, args.seed)  # fmt: skip
+                              args.episodes, args.seed, info.max_episode_steps)  # fmt: skip
         out["scores"] = dsrl_scores(res, info, meta.cost_thresholds)
         for r in out["scores"]:
             print(

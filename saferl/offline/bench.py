@@ -44,7 +44,7 @@ class BenchConfig:
     episodes: int = 20
     """Evaluation episodes per (method, threshold, seed)."""
     max_eval_steps: int | None = None
-    """Truncate evaluation episodes (None: the env's own limit)."""
+    """Evaluation episode length (None: the dataset's ``max_episode_steps``)."""
     fisor: FISORConfig = field(default_factory=FISORConfig)
     """FISOR budget and hyperparameters (its seed is replaced by the grid's)."""
     bc: BCConfig = field(default_factory=BCConfig)
@@ -111,7 +111,7 @@ def run_bench(
                         factory,
                         config.episodes,
                         seed=1000 * seed,
-                        max_steps=config.max_eval_steps,
+                        max_steps=config.max_eval_steps or info.max_episode_steps,
                     )
                     for r in dsrl_scores(res, info, group):
                         rows.append(
