@@ -78,6 +78,20 @@ def _actuators_xml(morph: Morphology) -> str:
     return "\n".join(lines)
 
 
+SENSORS_PER_LIMB = ("framepos", "framelinvel", "frameangvel", "framexaxis", "frameyaxis",
+                    "framezaxis")  # fmt: skip
+"""World-frame sensors of every limb's body frame, in this order, limb after limb: position,
+linear and angular velocity, and the three axes (so one slice of ``sensordata`` holds them)."""
+
+
+def _sensors_xml(morph: Morphology) -> str:
+    return "\n".join(
+        f'    <{kind} objtype="body" objname="{limb.name}"/>'
+        for limb in morph.limbs
+        for kind in SENSORS_PER_LIMB
+    )
+
+
 def to_mjcf(morph: Morphology, physics: PhysicsSettings | None = None) -> str:
     """MJCF text of the agent on an infinite floor."""
     p = physics or PhysicsSettings()
@@ -102,6 +116,9 @@ def to_mjcf(morph: Morphology, physics: PhysicsSettings | None = None) -> str:
   <actuator>
 {_actuators_xml(morph)}
   </actuator>
+  <sensor>
+{_sensors_xml(morph)}
+  </sensor>
 </mujoco>
 """
 

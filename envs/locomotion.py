@@ -7,6 +7,7 @@ facts in ../shared/specs/envs-3d-locomotion.md. Bodies are built procedurally
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -16,7 +17,14 @@ from gymnasium import spaces
 
 from envs.builder import build_model
 from envs.catalogue import FAMILIES, FamilySpec, get_morphology
-from envs.layout import ACTIONS_PER_LIMB, MAX_LIMBS, NUM_SCALARS, NUM_VECTORS, ObsLayout
+from envs.layout import (
+    ACTIONS_PER_LIMB,
+    MAX_LIMBS,
+    NUM_SCALARS,
+    NUM_VECTORS,
+    ObsLayout,
+    decode_flat,
+)
 from envs.morphology import Morphology
 from envs.symmetry import quat_mul, quat_z
 
@@ -122,6 +130,7 @@ class Locomotion3DEnv(gym.Env):
         self.dt = self.model.opt.timestep * self.frame_skip
         self._index_model()
         self._static = self._static_features()
+        self._init_buffers()
         self._target = np.array([1.0, 0.0, 0.0])
         self._waypoint = np.zeros(2)
         self._last_obs: Any = None
@@ -148,6 +157,7 @@ class Locomotion3DEnv(gym.Env):
         self._qadr, self._dadr = qadr[1:].ravel(), dadr[1:].ravel()
         # action row l -> actuator ids; rows 1..n-1 are real, in actuator order
         self._act_rows = act[1:].ravel()
+        self._act_slots = np.arange(ACTIONS_PER_LIMB, n * ACTIONS_PER_LIMB)
         self._ranges = np.array([limb.joint_ranges for limb in self.morph.limbs], dtype=float)
         self._ranges[0] = 0.0
 
@@ -211,42 +221,54 @@ class Locomotion3DEnv(gym.Env):
         self.data.qpos[:] = qpos
         self.data.qvel[:] = qvel
         mujoco.mj_forward(self.model, self.data)
+        self._warnings_seen = self._instability_warnings()
 
     def observation(self) -> Any:
-        """The current observation in the env's view."""
-        graph = self.graph_observation()
+        """The current observation in the env's view (a fresh copy)."""
+        self._write_observation()
         if self.obs_view == "graph":
-            return graph
-        return np.concatenate([graph["vectors"].ravel(), graph["scalars"].ravel(),
-                               graph["mask"], graph["parents"]])  # fmt: skip
+            return {k: v.copy() for k, v in self._views.items()}
+        return self._flat.copy()
 
     def graph_observation(self) -> dict[str, np.ndarray]:
         """The graph view of the current state (always available, whatever ``obs_view``)."""
-        d, b, n, L = self.data, self._body, self.morph.num_limbs, self.layout.max_limbs
-        xpos = d.xpos[b]
-        xmat = d.xmat[b].reshape(n, 3, 3)
-        cvel = d.cvel[b]
-        com = d.subtree_com[self._torso]
-        vectors = np.zeros((L, NUM_VECTORS, 3), dtype=np.float32)
-        vectors[:n, 0] = xpos - xpos[0]
-        vectors[:n, 1] = _GRAVITY
-        vectors[:n, 2] = self._current_target()
-        vectors[:n, 3] = _clip_norm(cvel[:, 3:] + np.cross(cvel[:, :3], xpos - com), 10.0)
-        vectors[:n, 4] = _clip_norm(cvel[:, :3], 10.0)
-        vectors[:n, 5:8] = xmat.transpose(0, 2, 1)
-        scalars = np.zeros((L, NUM_SCALARS), dtype=np.float32)
-        scalars[:n] = self._static
-        angles = d.qpos[self._qadr].reshape(n - 1, 3)
-        lo, hi = self._ranges[1:, :, 0], self._ranges[1:, :, 1]
-        scalars[1:n, 0:3] = angles
-        scalars[1:n, 3:6] = 2.0 * (angles - lo) / (hi - lo) - 1.0
-        scalars[1:n, 23:26] = np.clip(d.qvel[self._dadr].reshape(n - 1, 3), -10, 10)
-        scalars[:n, 20] = xpos[:, 2]
-        mask = np.zeros(L, dtype=np.float32)
-        mask[:n] = 1.0
-        parents = np.full(L, -1.0, dtype=np.float32)
-        parents[:n] = self.morph.parents
-        return {"vectors": vectors, "scalars": scalars, "mask": mask, "parents": parents}
+        self._write_observation()
+        return {k: v.copy() for k, v in self._views.items()}
+
+    def _init_buffers(self) -> None:
+        """One flat float32 buffer with graph-view views into it; constant parts written once."""
+        n = self.morph.num_limbs
+        self._flat = np.zeros(self.layout.flat_dim, dtype=np.float32)
+        self._views = decode_flat(self._flat)
+        self._views["vectors"][:n, 1] = _GRAVITY
+        self._views["scalars"][:n] = self._static
+        self._views["mask"][:n] = 1.0
+        self._views["parents"][:] = -1.0
+        self._views["parents"][:n] = self.morph.parents
+        lo, hi = self._ranges[1:, :, 0].ravel(), self._ranges[1:, :, 1].ravel()
+        self._angle_scale, self._angle_shift = 2.0 / (hi - lo), -2.0 * lo / (hi - lo) - 1.0
+        self._vec = self._views["vectors"][:n]
+        self._sca = self._views["scalars"][:n]
+        self._sca_joint = self._views["scalars"][1:n]
+
+    def _write_observation(self) -> None:
+        """Fill the dynamic parts of the observation buffer from the current MuJoCo state."""
+        d, n = self.data, self.morph.num_limbs
+        frames = d.sensordata[: n * 18].reshape(n, 6, 3)  # see envs.builder.SENSORS_PER_LIMB
+        vec = self._vec
+        vec[:, 0] = frames[:, 0] - frames[0, 0]
+        vec[:, 2] = self._current_target()
+        vec[:, 3:8] = frames[:, 1:6]
+        if np.abs(vec[:, 3:5]).max() > 5.77:  # some norm may exceed 10 (10/sqrt(3) = 5.77...)
+            speed2 = np.einsum("lvi,lvi->lv", vec[:, 3:5], vec[:, 3:5])
+            # clip the norms of both velocities to 10 (commutes with rotations)
+            vec[:, 3:5] *= np.minimum(1.0, 10.0 / np.sqrt(np.maximum(speed2, 1e-24)))[..., None]
+        angles = d.qpos[self._qadr]
+        joint = self._sca_joint
+        joint[:, 0:3] = angles.reshape(n - 1, 3)
+        joint[:, 3:6] = (angles * self._angle_scale + self._angle_shift).reshape(n - 1, 3)
+        joint[:, 23:26] = np.minimum(np.maximum(d.qvel[self._dadr], -10.0), 10.0).reshape(n - 1, 3)
+        self._sca[:, 20] = frames[:, 0, 2]
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -267,24 +289,18 @@ class Locomotion3DEnv(gym.Env):
 
     def step(self, action: np.ndarray):
         action = self._check_action(action)
-        xy_before = self.data.qpos[:2].copy()
-        self.data.ctrl[self._act_rows] = action.reshape(-1, ACTIONS_PER_LIMB)[
-            1 : self.morph.num_limbs
-        ].ravel()
-        warnings_before = self._instability_warnings()
+        qpos = self.data.qpos
+        x0, y0 = float(qpos[0]), float(qpos[1])
+        self.data.ctrl[self._act_rows] = action[self._act_slots]
+        t0 = self.data.time
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
-        diverged = (
-            self._instability_warnings() > warnings_before
-            or not np.all(np.isfinite(self.data.qpos))
-            or not np.all(np.isfinite(self.data.qvel))
-        )
-        if diverged:
+        if self._diverged(t0):
             return self._last_obs, 0.0, True, False, {"diverged": True, "cost": 0.0}
-        velocity = (self.data.qpos[:2] - xy_before) / self.dt
+        vx, vy = (float(qpos[0]) - x0) / self.dt, (float(qpos[1]) - y0) / self.dt
         obs = self.observation()
         self._last_obs = obs
-        reward, info = self._reward(velocity, action)
-        info.update(self._costs(velocity))
+        reward, info = self._reward(vx, vy, action)
+        info.update(self._costs(vx, vy))
         info["diverged"] = False
         self._update_waypoint()
         return obs, reward, not self._healthy(), False, info
@@ -304,9 +320,27 @@ class Locomotion3DEnv(gym.Env):
             self._renderer = None
 
     # ------------------------------------------------------------------ task pieces
+    def _diverged(self, t0: float) -> bool:
+        """Whether the last step went unstable (cheap checks first).
+
+        MuJoCo resets the state, zeroing ``data.time``, when it meets a bad qpos/qvel/qacc; so a
+        clock that did not advance by the whole step means a reset. From ``t0 = 0`` the clock
+        cannot tell, so the warning counters are read then. Non-finite states are caught too.
+        """
+        d = self.data
+        if d.time < t0 + self.dt - 0.5 * self.model.opt.timestep:
+            return True
+        if t0 == 0.0:
+            warnings = self._instability_warnings()
+            if warnings > self._warnings_seen:
+                self._warnings_seen = warnings
+                return True
+        return not math.isfinite(float(d.qpos.sum() + d.qvel.sum()))
+
     def _instability_warnings(self) -> int:
         """MuJoCo's count of bad qpos/qvel/qacc events (it resets the state when one occurs)."""
-        return sum(self.data.warning[w].number for w in _INSTABILITY)
+        w = self.data.warning
+        return w[_INSTABILITY[0]].number + w[_INSTABILITY[1]].number + w[_INSTABILITY[2]].number
 
     def _check_action(self, action: Any) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)
@@ -315,9 +349,9 @@ class Locomotion3DEnv(gym.Env):
                 f"action must have shape {self.action_space.shape} "
                 f"({self.layout.max_limbs} limbs x 3 torques), got {a.shape}"
             )
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             raise ValueError("action contains NaN or Inf; expected finite torques in [-1, 1]")
-        return np.clip(a, -1.0, 1.0)
+        return np.minimum(np.maximum(a, -1.0), 1.0)
 
     def _current_target(self) -> np.ndarray:
         if self.task == "direction":
@@ -335,44 +369,41 @@ class Locomotion3DEnv(gym.Env):
             self._waypoint = self.data.qpos[:2] + dist * np.array([np.cos(theta), np.sin(theta)])
         self._target = self._current_target()
 
-    def _facing(self) -> np.ndarray:
-        """Horizontal unit vector of the torso's forward (x) axis."""
-        x_axis = self.data.xmat[self._torso].reshape(3, 3)[:2, 0]
-        norm = np.linalg.norm(x_axis)
-        return np.zeros(2) if norm < 1e-9 else x_axis / norm
-
-    def _reward(self, velocity: np.ndarray, action: np.ndarray) -> tuple[float, dict[str, float]]:
+    def _reward(self, vx: float, vy: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         fam = self.spec_family
+        target = self._current_target()
+        heading = 0.0
+        if fam.heading_reward:  # speed along the horizontal projection of the torso's x axis
+            fx, fy = float(self.data.xmat[self._torso, 0]), float(self.data.xmat[self._torso, 3])
+            norm = math.hypot(fx, fy)
+            heading = (vx * fx + vy * fy) / norm if norm > 1e-9 else 0.0
         terms = {
-            "reward_forward": float(velocity @ self._current_target()[:2]),
-            "reward_heading": float(velocity @ self._facing()) if fam.heading_reward else 0.0,
-            "reward_ctrl": -self.ctrl_cost_weight * float(np.sum(np.square(action))),
+            "reward_forward": vx * float(target[0]) + vy * float(target[1]),
+            "reward_heading": heading,
+            "reward_ctrl": -self.ctrl_cost_weight * float(np.dot(action, action)),
             "reward_alive": fam.alive_bonus,
         }
-        return float(sum(terms.values())), terms
+        return sum(terms.values()), terms
 
-    def _costs(self, velocity: np.ndarray) -> dict[str, float]:
-        speed = float(np.linalg.norm(velocity))
-        c_vel = float(speed > self.spec_family.speed_limit)
-        c_reg = float(self.data.qpos[0] >= self.region_x)
-        cost = {"velocity": c_vel, "region": c_reg, "both": max(c_vel, c_reg)}[self.cost_type]
+    def _costs(self, vx: float, vy: float) -> dict[str, float]:
+        speed = math.hypot(vx, vy)
         x, y = float(self.data.qpos[0]), float(self.data.qpos[1])
+        c_vel = float(speed > self.spec_family.speed_limit)
+        c_reg = float(x >= self.region_x)
+        cost = c_vel if self.cost_type == "velocity" else c_reg
+        if self.cost_type == "both":
+            cost = max(c_vel, c_reg)
         return {"cost": cost, "cost_velocity": c_vel, "cost_region": c_reg, "speed": speed,
                 "x_position": x, "y_position": y}  # fmt: skip
 
     def _healthy(self) -> bool:
         fam, z0 = self.spec_family, self.morph.torso_height
-        z = self.data.qpos[2]
-        up = self.data.xmat[self._torso].reshape(3, 3)[:, fam.up_axis]
-        tilt = np.arccos(np.clip(up[2], -1.0, 1.0))
+        z = float(self.data.qpos[2])
+        # z-component of the torso's up axis: row 2 of the rotation matrix
+        up_z = float(self.data.xmat[self._torso, 6 + fam.up_axis])
+        tilt = math.acos(min(1.0, max(-1.0, up_z)))
         lo, hi = fam.height_band
-        return bool(lo * z0 < z < hi * z0 and tilt < fam.max_tilt)
-
-
-def _clip_norm(vectors: np.ndarray, limit: float) -> np.ndarray:
-    """Scale rows whose norm exceeds ``limit`` down to it (commutes with rotations)."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors * np.minimum(1.0, limit / np.maximum(norms, 1e-12))
+        return lo * z0 < z < hi * z0 and tilt < fam.max_tilt
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
