@@ -68,6 +68,15 @@ class COLEPConfig:
     """Largest attribute group per circuit (exact inference enumerates 2^A assignments)."""
 
 
+PROB_CLIP = 1e-6
+"""Sensor probabilities enter the circuits clipped to [1e-6, 1 − 1e-6] (finite logs and
+gradients); clipping is monotone, so bounds on clipped inputs stay sound for the same function."""
+
+
+def _clip(x: Tensor) -> Tensor:
+    return x.clamp(PROB_CLIP, 1.0 - PROB_CLIP)
+
+
 def _log(x: Tensor) -> Tensor:
     return torch.log(x.clamp(min=0.0))
 
@@ -208,8 +217,9 @@ class COLEP(nn.Module):
     def forward(self, p: Tensor, q: Tensor) -> Tensor:
         """Corrected label probabilities π̂ (n, K)."""
         self._check(p, q)
+        pc, qc = _clip(p), _clip(q)
         pairs = zip(self.circuits, self.groups, strict=True)
-        corr = torch.stack([c(p, q[:, g]) for c, g in pairs]).mean(0)
+        corr = torch.stack([c(pc, qc[:, g]) for c, g in pairs]).mean(0)
         return self.cfg.raw_weight * p + (1 - self.cfg.raw_weight) * corr
 
     def bounds(
@@ -218,8 +228,9 @@ class COLEP(nn.Module):
         """Sound bounds (n, K) each on π̂ for any sensor values inside the boxes."""
         self._check(p_lo, q_lo)
         self._check(p_hi, q_hi)
+        cp_lo, cp_hi, cq_lo, cq_hi = _clip(p_lo), _clip(p_hi), _clip(q_lo), _clip(q_hi)
         b = [
-            c.bounds(p_lo, p_hi, q_lo[:, g], q_hi[:, g])
+            c.bounds(cp_lo, cp_hi, cq_lo[:, g], cq_hi[:, g])
             for c, g in zip(self.circuits, self.groups, strict=True)
         ]
         lo = torch.stack([x[0] for x in b]).mean(0)

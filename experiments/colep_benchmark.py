@@ -185,6 +185,8 @@ def _single_rows(task, models, x, y, eps, cfg) -> list[dict]:
                                  x_max=task.x_max)  # fmt: skip
         lo_a, hi_a = prob_bounds(m, x_adv, eps, cfg.method, margins=True, x_min=task.x_min,
                                  x_max=task.x_max)  # fmt: skip
+        _, hi_a_logit = prob_bounds(m, x_adv, eps, cfg.method, margins=False, x_min=task.x_min,
+                                    x_max=task.x_max)  # fmt: skip
     s = lac_scores(probs)
     cal = s.gather(1, y[:, None]).squeeze(1)
     n_cal = int(cfg.cal_fraction * len(y))
@@ -196,11 +198,14 @@ def _single_rows(task, models, x, y, eps, cfg) -> list[dict]:
     pgd_plain, size_plain = run(lac_scores(probs_adv))
     cert_plain, _ = run(1.0 - lo_x)  # upper score bound over the ball around the clean point
     pgd_rob, size_rob = run(1.0 - hi_a)  # robust sets at the attacked inputs
+    pgd_rob_l, size_rob_l = run(1.0 - hi_a_logit)
     return [
         _row("split CP (single model)", eps, clean_cov, clean_size, pgd_plain, cert_plain,
              size_plain),
-        _row("robust CP (single model, CROWN)", eps, clean_cov, clean_size, pgd_rob, clean_cov,
-             size_rob),
+        _row("robust CP (single model, CROWN logit bounds)", eps, clean_cov, clean_size,
+             pgd_rob_l, clean_cov, size_rob_l),
+        _row("robust CP (single model, CROWN margins)", eps, clean_cov, clean_size, pgd_rob,
+             clean_cov, size_rob),
     ]  # fmt: skip
 
 

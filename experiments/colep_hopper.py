@@ -91,14 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny budget (for the tests)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--alpha", type=float, default=0.1, help="miscoverage level")
     parser.add_argument("--states", type=int, default=4000)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = BenchConfig(seed=args.seed, eps=[0.0, 0.02, 0.05, 0.1], noise_std=0.05)
+    eps = [0.0, 0.02, 0.05, 0.1]
+    cfg = BenchConfig(seed=args.seed, alpha=args.alpha, eps=eps, noise_std=0.05)
     n_states = args.states
     if args.quick:
-        cfg = BenchConfig(seed=args.seed, eps=[0.05], train_steps=20, n_splits=10,
-                          pgd_steps=2, hidden=8, fit_steps=20)  # fmt: skip
+        cfg = BenchConfig(seed=args.seed, alpha=args.alpha, eps=[0.05], train_steps=20,
+                          n_splits=10, pgd_steps=2, hidden=8, fit_steps=20)  # fmt: skip
         n_states = 300
     start = time.time()
     task = hopper_task(n_states, args.seed)

@@ -317,3 +317,15 @@ def test_colep_object_api(colep_task):
     lo, hi = sensor_bounds_linf(sensors, x[300:], 0.05, bound_fn=bound_fn())
     rob = model.predict_from_bounds(lo[:, :4], hi[:, :4], lo[:, 4:], hi[:, 4:])
     assert (rob >= sets).all()
+
+
+def test_saturated_sensors_keep_fit_and_bounds_finite():
+    # sigmoid saturates to exactly 0 or 1 in float32; the circuit clips, gradients stay finite
+    model = COLEP(RULES, cfg=COLEPConfig(fit_steps=5))
+    p = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    q = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    losses = model.fit(p, q, torch.tensor([0, 3]))
+    assert all(math.isfinite(v) for v in losses)
+    assert all(torch.isfinite(c.raw_w).all() for c in model.circuits)
+    lo, hi = model.bounds(p, p, q, q)
+    assert torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo <= hi).all()

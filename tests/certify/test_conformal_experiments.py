@@ -40,5 +40,11 @@ def test_conformal_split_quick(tmp_path):
 def test_colep_quick(tmp_path, name):
     assert _load(name).main(["--quick", "--out", str(tmp_path)]) == 0
     table = (tmp_path / f"{name}.md").read_text()
-    assert "robust CP (single model, CROWN)" in table and "COLEP-union (certified" in table
+    assert "robust CP (single model, CROWN margins)" in table and "COLEP-union (certified" in table
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_conformal_smoothing_quick(tmp_path):
+    assert _load("conformal_smoothing").main(["--quick", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "conformal_smoothing.md").read_text()
+    assert "RSCP+ (single model)" in table and "COLEP-union (smoothed sensors)" in table
