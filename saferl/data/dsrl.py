@@ -319,6 +319,7 @@ def save_dataset(
             for key in REQUIRED_KEYS:
                 f.create_dataset(key, data=data[key], compression="gzip", compression_opts=4)
             f.attrs[_METADATA_ATTR] = stored.to_json()
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets are ordinary shared files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
