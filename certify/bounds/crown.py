@@ -14,8 +14,9 @@ bounds for it would not change the result.
 
 Two equivalent paths compute those backward bounds:
 
-* ``fast=True``: the rows of the unstable neurons of all examples are gathered into one ragged
-  (P, n) matrix, so every step is a single shared-weight matrix product on P rows;
+* ``fast=True``: only the rows of unstable neurons are propagated. Examples are sorted by their
+  number of unstable neurons and processed in chunks padded to the chunk's largest count, so every
+  step is a batched matrix product with the shared weights and no per-row gathers;
 * ``fast=False`` (dense reference): full (B, n_i, n_j) A matrices for every neuron; the same
   selection rule is applied afterwards, so both paths agree up to rounding.
 
@@ -71,8 +72,12 @@ def _base_relax():
     return Activation.relax
 
 
-def _backward(A: Tensor, const: Tensor, start: int, graph: Graph, relax: dict, gather) -> tuple:
-    """Push ``A y_start + const`` back to the input; returns the input-space ``(A, const)``."""
+def _backward(A: Tensor, const: Tensor, start: int, graph: Graph, relax: dict) -> tuple:
+    """Push the lower bound of ``A y_start + const`` back to the input.
+
+    ``A`` is (B, R, n) with per-example rows; relaxation tensors are (B, n). Positive coefficients
+    take the lower line, negative ones the upper line: ``A' = A ls + min(A, 0) (us - ls)``.
+    """
     for j in range(start, 0, -1):
         op = graph.nodes[j].op
         if op.kind == "affine":
@@ -80,90 +85,106 @@ def _backward(A: Tensor, const: Tensor, start: int, graph: Graph, relax: dict, g
             A = A @ op.weight
         elif op.kind == "activation":
             ls, lb, us, ub = relax[j]
-            Ap, An = A.clamp(min=0), A.clamp(max=0)
-            const = const + (An * gather(ub)).sum(-1)
+            neg = A.clamp(max=0)
+            const = const + (neg @ ub.unsqueeze(-1)).squeeze(-1)
             if lb is not None:
-                const = const + (Ap * gather(lb)).sum(-1)
-            A = Ap * gather(ls) + An * gather(us)
+                const = const + ((A - neg) @ lb.unsqueeze(-1)).squeeze(-1)
+            A = torch.addcmul(A * ls.unsqueeze(1), neg, (us - ls).unsqueeze(1))
     return A, const
 
 
 def _start_rows(graph: Graph, i: int, idx: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Rows selecting neurons ``idx`` of node ``i`` (through its affine layer when it has one)."""
+    """Rows (B, 2R, n) selecting neurons ``idx`` (B, R) of node ``i`` with both signs (lower
+    bounds of ``+z`` then of ``-z``), through node ``i``'s affine layer when it has one."""
     op = graph.nodes[i].op
-    if op.kind == "affine":
-        return op.weight[idx], op.bias_or_zero[idx], i - 1
-    n = graph_width(graph, i)
-    eye = torch.zeros(len(idx), n, dtype=op_dtype(graph), device=idx.device)
-    eye[torch.arange(len(idx), device=idx.device), idx] = 1
-    return eye, eye.new_zeros(len(idx)), i
-
-
-def graph_width(graph: Graph, i: int) -> int:
-    return graph.widths[i]
-
-
-def op_dtype(graph: Graph) -> torch.dtype:
-    return graph.dtype
-
-
-def _fast_rows(graph, i, mask, inp, relax, max_rows) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Backward bounds of the masked neurons of node ``i`` as ragged rows; (P,) each."""
-    bidx, nidx = mask.nonzero(as_tuple=True)
-    lows, ups = [], []
-    for s in range(0, len(bidx), max_rows):
-        b, n = bidx[s : s + max_rows], nidx[s : s + max_rows]
-        A, c, start = _start_rows(graph, i, n)
-        A, c = torch.cat([A, -A]), torch.cat([c, -c])
-        bb = torch.cat([b, b])
-
-        def gather(t: Tensor, bb: Tensor = bb) -> Tensor:
-            return t[bb]
-
-        A, c = _backward(A, c, start, graph, relax, gather)
-        low = concretize_lower(A, c, inp, gather)
-        lows.append(low[: len(b)])
-        ups.append(-low[len(b) :])
-    empty = mask.new_zeros(0, dtype=graph.dtype)
-    return bidx, nidx, torch.cat(lows) if lows else empty, torch.cat(ups) if ups else empty
-
-
-def _dense_rows(graph: Graph, i: int, inp: InputSet, relax: dict) -> Interval:
-    """Backward bounds of every neuron of node ``i`` with full (B, 2n, D) A matrices."""
-    B = inp.lo.shape[0]
     n = graph.widths[i]
-    idx = torch.arange(n, device=inp.lo.device)
+    idx2 = torch.cat([idx, idx + n], 1)
+    if op.kind == "affine":
+        W, b = op.weight, op.bias_or_zero
+        return torch.cat([W, -W])[idx2], torch.cat([b, -b])[idx2], i - 1
+    eye = torch.eye(n, dtype=graph.dtype, device=idx.device)
+    return torch.cat([eye, -eye])[idx2], idx2.new_zeros(idx2.shape, dtype=graph.dtype), i
+
+
+def _chunks(B: int, rows: int, width: int, max_elems: int) -> int:
+    """Examples per chunk so that a (chunk, rows, width) A matrix stays below ``max_elems``."""
+    return max(1, min(B, max_elems // max(rows * width, 1)))
+
+
+def _rows_bounds(graph, i, idx, inp, relax) -> Interval:
+    """Backward bounds (B, R) of neurons ``idx`` (B, R) of node ``i``, both signs at once."""
     A, c, start = _start_rows(graph, i, idx)
-    A = torch.cat([A, -A]).unsqueeze(0).expand(B, -1, -1)
-    c = torch.cat([c, -c]).unsqueeze(0).expand(B, -1)
-
-    def gather(t: Tensor) -> Tensor:
-        return t.unsqueeze(1)
-
-    A, c = _backward(A, c, start, graph, relax, gather)
-    low = concretize_lower(A, c, inp, gather)
-    return low[:, :n], -low[:, n:]
+    A, c = _backward(A, c, start, graph, relax)
+    low = concretize_lower(A, c, inp, lambda t: t.unsqueeze(1))
+    R = idx.shape[1]
+    return low[:, :R], -low[:, R:]
 
 
-def _tighten(graph, i, ref, inp, relax, fast, max_rows, stats) -> Interval:
-    """Reference bounds intersected with backward bounds on the neurons that need them."""
-    nxt = graph.nodes[i + 1].op
-    mask = nxt.unstable(*ref)
-    if mask is None:
-        mask = torch.ones_like(ref[0], dtype=torch.bool)
-    lo, hi = ref
-    if fast:
-        bidx, nidx, cl, cu = _fast_rows(graph, i, mask, inp, relax, max_rows)
-        stats.intermediate_rows += 2 * len(bidx)
-        lo, hi = lo.clone(), hi.clone()
-        lo[bidx, nidx] = torch.maximum(lo[bidx, nidx], cl)
-        hi[bidx, nidx] = torch.minimum(hi[bidx, nidx], cu)
-        return lo, hi
-    cl, cu = _dense_rows(graph, i, inp, relax)
+def _sub(inp: InputSet, relax: dict, sel) -> tuple[InputSet, dict]:
+    """The input set and relaxations restricted to examples ``sel``."""
+    sub = InputSet(
+        inp.lo[sel],
+        inp.hi[sel],
+        inp.p,
+        None if inp.x0 is None else inp.x0[sel],
+        None if inp.eps is None else inp.eps[sel],
+    )
+    rel = {k: tuple(None if t is None else t[sel] for t in v) for k, v in relax.items()}
+    return sub, rel
+
+
+def _fast_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval:
+    """Backward bounds only for masked neurons: examples sorted by count, chunks padded."""
+    B, n = mask.shape
+    counts = mask.sum(1)
+    order = torch.argsort(counts, descending=True)
+    lo, hi = ref[0].clone(), ref[1].clone()
+    width = max(graph.widths[: i + 1])
+    s = 0
+    while s < B and counts[order[s]] > 0:
+        u_max = int(counts[order[s]])
+        size = _chunks(B, 2 * u_max, width, max_elems)
+        sel = order[s : s + size]
+        s += size
+        # unstable neurons first, in index order; padding rows repeat stable neurons (discarded)
+        idx = torch.argsort((~mask[sel]).to(torch.int8), dim=1, stable=True)[:, :u_max]
+        valid = torch.arange(u_max, device=idx.device) < counts[sel].unsqueeze(1)
+        sub, rel = _sub(inp, relax, sel)
+        cl, cu = _rows_bounds(graph, i, idx, sub, rel)
+        stats.intermediate_rows += 2 * int(valid.sum())
+        rl, ru = lo[sel].gather(1, idx), hi[sel].gather(1, idx)
+        lo[sel] = lo[sel].scatter(1, idx, torch.where(valid, torch.maximum(rl, cl), rl))
+        hi[sel] = hi[sel].scatter(1, idx, torch.where(valid, torch.minimum(ru, cu), ru))
+    return lo, hi
+
+
+def _dense_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval:
+    """Reference path: full A matrices for every neuron, then the same selection rule."""
+    B, n = mask.shape
+    size = _chunks(B, 2 * n, max(graph.widths[: i + 1]), max_elems)
+    parts_l, parts_u = [], []
+    for s in range(0, B, size):
+        sel = torch.arange(s, min(s + size, B), device=mask.device)
+        sub, rel = _sub(inp, relax, sel)
+        idx = torch.arange(n, device=mask.device).expand(len(sel), n)
+        cl, cu = _rows_bounds(graph, i, idx, sub, rel)
+        parts_l.append(cl)
+        parts_u.append(cu)
+    cl, cu = torch.cat(parts_l), torch.cat(parts_u)
     stats.intermediate_rows += 2 * cl.numel()
+    lo, hi = ref
     return torch.where(mask, torch.maximum(lo, cl), lo), torch.where(
         mask, torch.minimum(hi, cu), hi
     )
+
+
+def _tighten(graph, i, ref, inp, relax, fast, max_elems, stats) -> Interval:
+    """Reference bounds intersected with backward bounds on the neurons that need them."""
+    mask = graph.nodes[i + 1].op.unstable(*ref)
+    if mask is None:
+        mask = torch.ones_like(ref[0], dtype=torch.bool)
+    tighten = _fast_tighten if fast else _dense_tighten
+    return tighten(graph, i, ref, mask, inp, relax, max_elems, stats)
 
 
 def crown_chain(
@@ -172,7 +193,7 @@ def crown_chain(
     C: Tensor | None,
     method: str = "crown",
     fast: bool = True,
-    max_rows: int = 16384,
+    max_elems: int = 2**20,
     stats: CrownStats | None = None,
 ) -> Interval:
     """Bounds (B, m) on ``C @ f(x)`` (or ``f(x)``) by CROWN or CROWN-IBP on a chain graph."""
@@ -196,7 +217,7 @@ def crown_chain(
         ref = op.ibp(prev)
         feeds_act = i < last and nodes[i + 1].op.kind == "activation"
         if method == "crown" and feeds_act:
-            ref = _tighten(graph, i, ref, inp, relax, fast, max_rows, stats)
+            ref = _tighten(graph, i, ref, inp, relax, fast, max_elems, stats)
         bounds[i] = ref
     return _final(graph, last, inp, relax, C, stats)
 
@@ -213,9 +234,6 @@ def _final(graph, last, inp, relax, C, stats) -> Interval:
     c = A.new_zeros(B, 2 * m)
     stats.dense_rows += 2 * m * B
 
-    def gather(t: Tensor) -> Tensor:
-        return t.unsqueeze(1)
-
-    A, c = _backward(A, c, last, graph, relax, gather)
-    low = concretize_lower(A, c, inp, gather)
+    A, c = _backward(A, c, last, graph, relax)
+    low = concretize_lower(A, c, inp, lambda t: t.unsqueeze(1))
     return low[:, :m], -low[:, m:]

@@ -35,6 +35,8 @@ def exact_affine(op: Affine, inp: InputSet) -> Interval:
 def ibp_graph(graph: Graph, inp: InputSet, x_shape: torch.Size, C: Tensor | None) -> Interval:
     """Bounds on the output (or on ``C @ output``) for every input in ``inp``; (B, m) each."""
     nodes = graph.nodes
+    if inp.is_box and graph.is_chain() and not torch.is_grad_enabled():
+        return _chain_inplace(graph, inp, x_shape, C)
     is_input = input_rows(graph)
     vals: list[Interval] = [(inp.lo.reshape(x_shape), inp.hi.reshape(x_shape))]
     last = len(nodes) - 1
@@ -53,7 +55,41 @@ def ibp_graph(graph: Graph, inp: InputSet, x_shape: torch.Size, C: Tensor | None
         else:
             vals.append(op.ibp(*ins))
     lo, hi = vals[-1]
-    lo, hi = lo.flatten(1), hi.flatten(1)
+    return ibp_spec((lo.flatten(1), hi.flatten(1)), C)
+
+
+def _chain_inplace(graph: Graph, inp: InputSet, x_shape, C: Tensor | None) -> Interval:
+    """Same bounds as the generic path for chains without autograd, with fewer temporaries:
+    each interval is consumed once, so affine and ReLU steps update buffers in place."""
+    from certify.bounds.activations import ReLU
+
+    nodes = graph.nodes
+    last = len(nodes) - 1
+    lo, hi = inp.lo.reshape(x_shape), inp.hi.reshape(x_shape)
+    owned = False  # inp's tensors may be reused by the caller: copy before writing into them
+    for i, node in enumerate(nodes[1:], start=1):
+        op = node.op
+        if i == last and C is not None and op.kind == "affine":
+            return _folded_affine(op, (lo, hi), C)
+        if op.kind == "affine":
+            half, half_abs = op._halves()
+            s = torch.add(lo, hi)
+            d = torch.sub(hi, lo, out=hi) if owned else hi - lo
+            c = torch.nn.functional.linear(s, half, op.bias)
+            r = torch.nn.functional.linear(d, half_abs)
+            lo, hi = torch.sub(c, r, out=s) if s.shape == c.shape else c - r, c.add_(r)
+            owned = True
+        elif isinstance(op, ReLU) and owned:
+            lo, hi = lo.clamp_(min=0), hi.clamp_(min=0)
+        else:
+            lo, hi = op.ibp((lo, hi))
+            owned = True
+    return ibp_spec((lo.flatten(1), hi.flatten(1)), C)
+
+
+def ibp_spec(b: Interval, C: Tensor | None) -> Interval:
+    """Interval of ``C y`` from the interval of ``y`` (C: (m, n) or (B, m, n))."""
+    lo, hi = b
     if C is None:
         return lo, hi
     Cb = C if C.dim() == 3 else C.unsqueeze(0)

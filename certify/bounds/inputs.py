@@ -34,6 +34,10 @@ def concretize_lower(A: Tensor, const: Tensor, inp: InputSet, gather) -> Tensor:
     """min over the set of ``A x + const``; A is (..., D), ``gather`` aligns (B, D) rows to A."""
     if inp.is_box:
         c, r = (inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2
+        if A.dim() == 3 and gather(c).dim() == 3:
+            return (
+                const + (A @ c.unsqueeze(-1)).squeeze(-1) - (A.abs() @ r.unsqueeze(-1)).squeeze(-1)
+            )
         return const + (A * gather(c)).sum(-1) - (A.abs() * gather(r)).sum(-1)
     q = 1.0 / (1.0 - 1.0 / inp.p) if inp.p > 1 else math.inf
     dual = A.abs().amax(-1) if q == math.inf else torch.linalg.vector_norm(A, ord=q, dim=-1)

@@ -47,12 +47,31 @@ class Affine(Op):
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
     def ibp(self, b: Interval) -> Interval:
-        """Centre/radius form: mu' = W mu + b, r' = |W| r (exact per output for a box)."""
+        """Centre/radius form: mu' = W mu + b, r' = |W| r (exact per output for a box).
+
+        The halving is folded into the (small) weight matrices: mu' = (W/2)(l + u) + b,
+        r' = (|W|/2)(u - l).
+        """
         lo, hi = b
-        mu, r = (hi + lo) / 2, (hi - lo) / 2
-        mu = torch.nn.functional.linear(mu, self.weight, self.bias)
-        r = torch.nn.functional.linear(r, self.weight.abs())
-        return mu - r, mu + r
+        half, half_abs = self._halves()
+        c = torch.nn.functional.linear(lo + hi, half, self.bias)
+        r = torch.nn.functional.linear(hi - lo, half_abs)
+        return c - r, c + r
+
+    def _halves(self) -> tuple[Tensor, Tensor]:
+        """(W/2, |W|/2), cached while the weight is unchanged (same version) and grad is off."""
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            half = 0.5 * w
+            return half, half.abs()
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        cache = getattr(self, "_half_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                half = 0.5 * w
+                cache = (key, half, half.abs())
+            self._half_cache = cache
+        return cache[1], cache[2]
 
     @property
     def bias_or_zero(self) -> Tensor:

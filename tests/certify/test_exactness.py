@@ -40,7 +40,7 @@ def _milp_extrema(net: torch.nn.Sequential, x0: np.ndarray, eps: float) -> tuple
     # IBP pre-activation bounds for big-M
     lo, hi = x0 - eps, x0 + eps
     pre = []
-    for k, (W, b) in enumerate(zip(Ws, bs)):
+    for W, b in zip(Ws, bs, strict=True):
         c, r = (lo + hi) / 2, (hi - lo) / 2
         zl, zu = W @ c + b - np.abs(W) @ r, W @ c + b + np.abs(W) @ r
         pre.append((zl, zu))

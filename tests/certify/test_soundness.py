@@ -10,11 +10,11 @@ import math
 
 import pytest
 import torch
+from certify_nets import CROWN_ACTS, IBP_ACTS, Residual, mlp, one_thread, pgd_escape, sample_box
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certify import compute_bounds
-from certify_nets import CROWN_ACTS, IBP_ACTS, Residual, mlp, one_thread, pgd_escape, sample_box
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 

@@ -37,7 +37,7 @@ def test_smoothed_schedule_is_monotone_continuous_and_reaches_eps(eps, start, le
     s = SmoothedScheduler(eps, start, length, mid, beta)
     vals = [s(t) for t in range(start + length + 5)]
     assert vals[0] == 0 and math.isclose(vals[-1], eps)
-    assert all(b >= a - 1e-12 for a, b in zip(vals, vals[1:]))
+    assert all(b >= a - 1e-12 for a, b in zip(vals, vals[1:], strict=False))
     assert all(0 <= v <= eps + 1e-12 for v in vals)
     # slope continuity at the switch point (finite differences on a fine grid)
     p = mid

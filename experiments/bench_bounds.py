@@ -1,0 +1,155 @@
+"""Benchmark of the bound engine: fast vs dense CROWN and IBP vs a forward pass (side by side).
+
+For each ReLU MLP (17-256-256-6 and 100-512-512-512-17, PyTorch default init, inputs ~ N(0, 1),
+eps = 0.01, l_inf) and a batch of states it times, in one run and interleaved, medians over
+repeats: a plain forward pass, IBP, fast CROWN (intermediate bounds only for unstable neurons) and
+the dense reference CROWN (full A matrices). It checks fast == dense (max abs difference) and
+prints the ratios dense/fast and IBP/forward plus the fraction of neurons that needed backward
+bounds. On a GPU it also reports states/s at batch 4096.
+
+    python experiments/bench_bounds.py            # full (CPU: minutes)
+    python experiments/bench_bounds.py --quick    # tiny, for the test suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from certify import CrownStats, compute_bounds
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def bench_net(sizes, batch, eps, repeats, dense_repeats, device, seed=0) -> dict:
+    """Interleaved timings (medians) and the fast/dense agreement for one network."""
+    torch.manual_seed(seed)
+    net = mlp(sizes).to(device)
+    x = torch.randn(batch, sizes[0], device=device)
+    with torch.no_grad():
+        stats_f, stats_d = CrownStats(), CrownStats()
+        lf, uf = compute_bounds(net, x, eps, method="crown", fast=True, stats=stats_f)
+        ld, ud = compute_bounds(net, x, eps, method="crown", fast=False, stats=stats_d)
+        diff = float(torch.maximum((lf - ld).abs().max(), (uf - ud).abs().max()))
+        times: dict[str, list[float]] = {"forward": [], "ibp": [], "fast": [], "dense": []}
+        for r in range(repeats):
+            times["forward"].append(_time(lambda: net(x), device))
+            times["ibp"].append(_time(lambda: compute_bounds(net, x, eps, "ibp"), device))
+            times["fast"].append(_time(lambda: compute_bounds(net, x, eps, "crown"), device))
+            if r < dense_repeats:
+                times["dense"].append(
+                    _time(lambda: compute_bounds(net, x, eps, "crown", fast=False), device)
+                )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "net": "-".join(map(str, sizes)),
+        "batch": batch,
+        "forward_ms": 1e3 * med["forward"],
+        "ibp_ms": 1e3 * med["ibp"],
+        "fast_crown_ms": 1e3 * med["fast"],
+        "dense_crown_ms": 1e3 * med["dense"],
+        "dense_over_fast": med["dense"] / med["fast"],
+        "ibp_over_forward": med["ibp"] / med["forward"],
+        "max_abs_diff": diff,
+        "rows_fraction": stats_f.intermediate_rows / max(stats_d.intermediate_rows, 1),
+    }
+
+
+def gpu_throughput(sizes, eps, device, batch=4096, repeats=20) -> dict:
+    torch.manual_seed(0)
+    net = mlp(sizes).to(device)
+    x = torch.randn(batch, sizes[0], device=device)
+    out = {}
+    with torch.no_grad():
+        for method in ["ibp", "crown", "crown-ibp"]:
+            compute_bounds(net, x, eps, method)
+            t = statistics.median(
+                _time(lambda m=method: compute_bounds(net, x, eps, m), device)
+                for _ in range(repeats)
+            )
+            out[method] = batch / t
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| network | batch | forward ms | IBP ms | IBP/forward | fast CROWN ms | dense CROWN ms "
+        "| dense/fast | rows fast/dense | max abs diff |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['net']} | {r['batch']} | {r['forward_ms']:.2f} | {r['ibp_ms']:.2f} | "
+            f"{r['ibp_over_forward']:.2f}x | {r['fast_crown_ms']:.0f} | {r['dense_crown_ms']:.0f} | "
+            f"{r['dense_over_fast']:.2f}x | {r['rows_fraction']:.2f} | {r['max_abs_diff']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny networks and batch (for tests)")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--nets", default="17-256-256-6,100-512-512-512-17", help="comma-separated")
+    p.add_argument("--eps", type=float, default=0.01)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dense-repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (shared machine)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    nets = [[int(v) for v in n.split("-")] for n in args.nets.split(",")]
+    batch, repeats, dense_repeats = args.batch, args.repeats, args.dense_repeats
+    if args.quick:
+        nets, batch, repeats, dense_repeats = [[17, 32, 32, 6]], 64, 3, 2
+    rows = [bench_net(s, batch, args.eps, repeats, dense_repeats, args.device) for s in nets]
+    print(f"device={args.device} threads={args.threads} eps={args.eps} (medians)")
+    print(table(rows))
+    result = {"device": args.device, "threads": args.threads, "eps": args.eps, "rows": rows}
+    if args.device.startswith("cuda") and not args.quick:
+        result["gpu_states_per_s_4096"] = {
+            "-".join(map(str, s)): gpu_throughput(s, args.eps, args.device) for s in nets
+        }
+        print(json.dumps(result["gpu_states_per_s_4096"], indent=1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "quick" if args.quick else f"{args.device.split(':')[0]}_{args.nets.replace(',', '_')}"
+    name = f"bounds_{tag}.json"
+    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, out / name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
