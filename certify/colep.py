@@ -31,6 +31,10 @@ attack, each circuit term is a product of non-negative factors each linear in on
 probability, so bounding every factor at the box ends bounds every term, and
 π̂_k ≥ 1/(1 + Z_0,max/Z_1,min), π̂_k ≤ 1/(1 + Z_0,min/Z_1,max). The robust set
 {k : 1 − π̂_k,max ≤ q_k} contains the clean set of any input in the ball ⇒ coverage ≥ 1 − α.
+By default we use a bound that is never looser: Z_0 and Z_1 share the weights
+w(a) = P(a)·Π_{i≠k} g_i(a), so π̂_k = σ(logit p_k − W_k + log M_k) with M_k the w-weighted mean of
+e^{e_k(a)}; the mean is bounded exactly over the boxes of the w(a) (``method="ratio"``; the
+Thm. 2 form is ``method="terms"``).
 Sensor boxes come from ``certify.compute_bounds`` (ℓ∞) or from randomized smoothing (ℓ2).
 """
 
@@ -143,9 +147,16 @@ class ProbabilisticCircuit(nn.Module):
         return torch.sigmoid(z1 - z0)
 
     def bounds(
-        self, p_lo: Tensor, p_hi: Tensor, q_lo: Tensor, q_hi: Tensor
+        self, p_lo: Tensor, p_hi: Tensor, q_lo: Tensor, q_hi: Tensor, method: str = "ratio"
     ) -> tuple[Tensor, Tensor]:
-        """Sound (lo, hi) on the corrected marginals for sensors anywhere in their boxes."""
+        """Sound (lo, hi) on the corrected marginals for sensors anywhere in their boxes.
+
+        ``method="terms"``: COLEP's Thm. 2 form, 1/(1 + Z_0,max/Z_1,min) and 1/(1 + Z_0,min/Z_1,max)
+        with every term bounded factor by factor. ``method="ratio"`` (default, never looser):
+        π̂_k = σ(logit p_k − W_k + log M_k) with M_k = Σ_a w(a) e^{e_k(a)} / Σ_a w(a),
+        w(a) = P(a) Π_{i≠k} g_i(a) shared by Z_0 and Z_1; M_k is a weighted mean, bounded exactly
+        over the weight boxes by the threshold solution of the linear-fractional program.
+        """
         e, w_tot = self._exponents()
         pa_min = self._attr_log(q_lo, 1.0 - q_hi)
         pa_max = self._attr_log(q_hi, 1.0 - q_lo)
@@ -153,12 +164,47 @@ class ProbabilisticCircuit(nn.Module):
         g_min, g_max = torch.minimum(g_a, g_b), torch.maximum(g_a, g_b)
         rest_min = g_min.sum(2, keepdim=True) - g_min
         rest_max = g_max.sum(2, keepdim=True) - g_max
+        if method == "ratio":
+            w_lo, w_hi = pa_min.unsqueeze(2) + rest_min, pa_max.unsqueeze(2) + rest_max
+            m_lo, m_hi = _weighted_mean_bounds(w_lo, w_hi, e)
+            logit_lo = _log(p_lo) - _log1m(p_lo) - w_tot
+            logit_hi = _log(p_hi) - _log1m(p_hi) - w_tot
+            return torch.sigmoid(logit_lo + m_lo), torch.sigmoid(logit_hi + m_hi)
+        if method != "terms":
+            raise ValueError(f"method must be 'ratio' or 'terms', got {method!r}")
         e1, e0 = e.unsqueeze(0), w_tot.view(1, 1, -1)
         z1_min = self._log_z(pa_min, rest_min, _log(p_lo), e1)
         z1_max = self._log_z(pa_max, rest_max, _log(p_hi), e1)
         z0_min = self._log_z(pa_min, rest_min, _log1m(p_hi), e0)
         z0_max = self._log_z(pa_max, rest_max, _log1m(p_lo), e0)
         return torch.sigmoid(z1_min - z0_max), torch.sigmoid(z1_max - z0_min)
+
+
+def _weighted_mean_bounds(log_w_lo: Tensor, log_w_hi: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """log of min / max of Σ_a w_a e^{v_a} / Σ_a w_a over w_lo ≤ w ≤ w_hi; (n, K) each.
+
+    log_w_*: (n, M, K); v: (M, K). The extremes put the upper weights on the smallest (min) or
+    largest (max) values and the lower weights on the rest, at one of M + 1 thresholds.
+    """
+    order = v.argsort(dim=0)  # ascending values per label
+    vs = v.gather(0, order).unsqueeze(0)
+    idx = order.unsqueeze(0).expand_as(log_w_lo)
+    lo, hi = log_w_lo.gather(1, idx), log_w_hi.gather(1, idx)
+
+    def prefix(x: Tensor) -> Tensor:  # (n, M+1, K): log Σ of the first j entries
+        pad = torch.full_like(x[:, :1], -math.inf)
+        return torch.cat([pad, torch.logcumsumexp(x, dim=1)], dim=1)
+
+    def suffix(x: Tensor) -> Tensor:  # (n, M+1, K): log Σ of the entries from j on
+        return prefix(x.flip(1)).flip(1)
+
+    min_ratio = torch.logaddexp(prefix(hi + vs), suffix(lo + vs)) - torch.logaddexp(
+        prefix(hi), suffix(lo)
+    )
+    max_ratio = torch.logaddexp(prefix(lo + vs), suffix(hi + vs)) - torch.logaddexp(
+        prefix(lo), suffix(hi)
+    )
+    return min_ratio.amin(dim=1), max_ratio.amax(dim=1)
 
 
 class COLEP(nn.Module):
@@ -223,14 +269,15 @@ class COLEP(nn.Module):
         return self.cfg.raw_weight * p + (1 - self.cfg.raw_weight) * corr
 
     def bounds(
-        self, p_lo: Tensor, p_hi: Tensor, q_lo: Tensor, q_hi: Tensor
+        self, p_lo: Tensor, p_hi: Tensor, q_lo: Tensor, q_hi: Tensor, method: str = "ratio"
     ) -> tuple[Tensor, Tensor]:
-        """Sound bounds (n, K) each on π̂ for any sensor values inside the boxes."""
+        """Sound bounds (n, K) each on π̂ for any sensor values inside the boxes (see
+        ``ProbabilisticCircuit.bounds`` for ``method``)."""
         self._check(p_lo, q_lo)
         self._check(p_hi, q_hi)
         cp_lo, cp_hi, cq_lo, cq_hi = _clip(p_lo), _clip(p_hi), _clip(q_lo), _clip(q_hi)
         b = [
-            c.bounds(cp_lo, cp_hi, cq_lo[:, g], cq_hi[:, g])
+            c.bounds(cp_lo, cp_hi, cq_lo[:, g], cq_hi[:, g], method)
             for c, g in zip(self.circuits, self.groups, strict=True)
         ]
         lo = torch.stack([x[0] for x in b]).mean(0)

@@ -230,6 +230,7 @@ def _colep_rows(task, models, x, y, eps, cfg) -> list[dict]:
             pi_lo_x, _ = model.bounds(lo[:, :k], hi[:, :k], lo[:, k:], hi[:, k:])
             lo, hi = sensor_bounds_linf(models.sensors, x_adv, eps, cfg.method, **kw)
             _, pi_hi_a = model.bounds(lo[:, :k], hi[:, :k], lo[:, k:], hi[:, k:])
+            _, pi_hi_terms = model.bounds(lo[:, :k], hi[:, :k], lo[:, k:], hi[:, k:], "terms")
 
         def run(test, m=model, pi=pi):  # the same splits for every column
             return colep_splits(pi, test, y, n_cal, m.cfg, cfg.n_splits, gen(cfg))
@@ -240,6 +241,10 @@ def _colep_rows(task, models, x, y, eps, cfg) -> list[dict]:
         pgd_rob, size_rob = run(pi_hi_a)
         rows.append(_row(f"COLEP-{mode} (no certification)", eps, clean_cov, clean_size,
                          pgd_plain, cert_plain, size_plain))  # fmt: skip
+        if mode == "classwise":  # COLEP's Thm. 2 term-wise circuit bounds, for comparison
+            pgd_t, size_t = run(pi_hi_terms)
+            rows.append(_row(f"COLEP-{mode} (certified, CROWN, term bounds)", eps, clean_cov,
+                             clean_size, pgd_t, clean_cov, size_t))  # fmt: skip
         rows.append(_row(f"COLEP-{mode} (certified, CROWN)", eps, clean_cov, clean_size,
                          pgd_rob, clean_cov, size_rob))  # fmt: skip
     return rows
@@ -303,6 +308,8 @@ def plot(rows: list[dict], path, title: str, alpha: float = 0.1) -> None:
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
         eps = [r["eps"] for r in rs]
+        if "term bounds" in method or "logit bounds" in method:
+            continue
         style = "-o" if "no cert" not in method and "split CP" not in method else "--x"
         axes[0].plot(eps, [r["cert_cov"] for r in rs], style, label=method)
         axes[1].plot(eps, [r["size"] for r in rs], style, label=method)

@@ -116,8 +116,8 @@ def test_rules_correct_a_contradicted_label():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 100_000), st.floats(0.0, 0.4))
-def test_circuit_bounds_are_sound(seed, width):
+@given(st.integers(0, 100_000), st.floats(0.0, 0.4), st.sampled_from(["ratio", "terms"]))
+def test_circuit_bounds_are_sound(seed, width, method):
     gen = torch.Generator().manual_seed(seed)
     model = COLEP(_rules_3x2(), groups=[[0], [0, 1]], cfg=COLEPConfig(raw_weight=0.2)).double()
     with torch.no_grad():
@@ -126,7 +126,7 @@ def test_circuit_bounds_are_sound(seed, width):
     p_lo = torch.rand(4, 3, generator=gen, dtype=torch.float64) * (1 - width)
     q_lo = torch.rand(4, 2, generator=gen, dtype=torch.float64) * (1 - width)
     p_hi, q_hi = p_lo + width, q_lo + width
-    lo, hi = model.bounds(p_lo, p_hi, q_lo, q_hi)
+    lo, hi = model.bounds(p_lo, p_hi, q_lo, q_hi, method)
     with torch.no_grad():
         for _ in range(15):
             p = p_lo + (p_hi - p_lo) * torch.rand(4, 3, generator=gen, dtype=torch.float64)
@@ -135,8 +135,30 @@ def test_circuit_bounds_are_sound(seed, width):
             assert (pi >= lo - 1e-10).all() and (pi <= hi + 1e-10).all()
     # a degenerate box gives the point value
     with torch.no_grad():
-        lo0, hi0 = model.bounds(p_lo, p_lo, q_lo, q_lo)
+        lo0, hi0 = model.bounds(p_lo, p_lo, q_lo, q_lo, method)
         assert torch.allclose(lo0, model(p_lo, q_lo)) and torch.allclose(hi0, lo0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 100_000), st.floats(0.01, 0.5))
+def test_ratio_bounds_are_exact_over_weights_and_never_looser(seed, width):
+    gen = torch.Generator().manual_seed(seed)
+    model = COLEP(_rules_3x2()).double()
+    with torch.no_grad():
+        model.circuits[0].raw_w.normal_(0, 1.5, generator=gen)
+    p_lo = torch.rand(6, 3, generator=gen, dtype=torch.float64) * (1 - width)
+    q_lo = torch.rand(6, 2, generator=gen, dtype=torch.float64) * (1 - width)
+    with torch.no_grad():
+        r_lo, r_hi = model.bounds(p_lo, p_lo + width, q_lo, q_lo + width, "ratio")
+        t_lo, t_hi = model.bounds(p_lo, p_lo + width, q_lo, q_lo + width, "terms")
+        assert (r_lo >= t_lo - 1e-12).all() and (r_hi <= t_hi + 1e-12).all()
+        # a vertex search over all 2^5 box corners stays inside (and close to) the ratio bounds
+        best_lo, best_hi = torch.ones_like(r_lo), torch.zeros_like(r_hi)
+        for bits in itertools.product([0, 1], repeat=5):
+            b = torch.tensor(bits, dtype=torch.float64) * width
+            pi = model(p_lo + b[:3], q_lo + b[3:])
+            best_lo, best_hi = torch.minimum(best_lo, pi), torch.maximum(best_hi, pi)
+        assert (r_lo <= best_lo + 1e-10).all() and (r_hi >= best_hi - 1e-10).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,3 +351,16 @@ def test_saturated_sensors_keep_fit_and_bounds_finite():
     assert all(torch.isfinite(c.raw_w).all() for c in model.circuits)
     lo, hi = model.bounds(p, p, q, q)
     assert torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo <= hi).all()
+
+
+@pytest.mark.gpu
+def test_colep_on_cuda():
+    gen = torch.Generator().manual_seed(7)
+    model = COLEP(RULES).cuda()
+    p = torch.rand(50, 4, generator=gen).cuda()
+    q = torch.rand(50, 2, generator=gen).cuda()
+    y = torch.randint(0, 4, (50,), generator=gen).cuda()
+    model.calibrate(p, q, y)
+    sets = model.predict(p, q)
+    rob = model.predict_from_bounds((p - 0.05).clamp(0, 1), (p + 0.05).clamp(0, 1), q, q)
+    assert sets.is_cuda and rob.is_cuda and (rob >= sets).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -127,3 +128,14 @@ def test_smoothed_classifier_object_api(task):
         SmoothedConformalClassifier(lambda z: z, 0.1, score="raps")
     with pytest.raises(ValueError, match="empty"):
         scp.calibrate(x[:0], y[:0])
+
+
+@pytest.mark.gpu
+def test_smoothed_classifier_on_cuda(task):
+    model, x, y = task
+    model = copy.deepcopy(model).cuda()
+    cfg = SmoothingConfig(sigma=0.25, n_samples=32, beta=0.005)
+    scp = SmoothedConformalClassifier(lambda z: torch.softmax(model(z), -1), 0.1, "aps", 0.1, cfg)
+    scp.calibrate(x[:300].cuda(), y[:300].cuda())
+    sets = scp.predict(x[300:].cuda())
+    assert sets.is_cuda and sets.shape == (1200, 4)
