@@ -236,3 +236,13 @@ def test_bad_inputs_raise():
     agent = FISOR(3, 2, FISORConfig(**SMALL), device="cpu")
     with pytest.raises(ValueError, match=r"\(B, 3\)"):
         agent.act(np.zeros((2, 4)))
+
+
+@pytest.mark.gpu
+def test_update_and_action_selection_on_cuda():
+    agent = FISOR(3, 2, FISORConfig(**SMALL), device="cuda")
+    to_cuda = lambda b: {k: v.cuda() for k, v in b.items()}  # noqa: E731
+    stats = agent.update(to_cuda(tiny_batch(8)), to_cuda(tiny_batch(16, seed=1)))
+    assert all(v.device.type == "cuda" for v in stats.values())
+    act = agent.act(np.zeros((5, 3), np.float32))
+    assert act.shape == (5, 2) and np.all(np.abs(act) <= 1)
