@@ -27,7 +27,31 @@ from certify.training import (
     worst_case_deviation,
 )
 
+# Conformal prediction (split, robust, COLEP, smoothing) lives in modules of its own; its public
+# names are re-exported lazily so that the bound engine imports without them.
+_LAZY = {
+    "ConformalConfig": "certify.conformal",
+    "SplitConformalClassifier": "certify.conformal",
+    "SplitConformalRegressor": "certify.conformal",
+    "RobustConformalClassifier": "certify.conformal",
+    "conformal_quantile": "certify.conformal",
+    "COLEP": "certify.colep",
+    "COLEPConfig": "certify.colep",
+    "SmoothingConfig": "certify.smoothing",
+    "SmoothedConformalClassifier": "certify.smoothing",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'certify' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "METHODS",
     "CertifiedTrainingConfig",
     "ConcatCritic",

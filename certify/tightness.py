@@ -53,11 +53,17 @@ def _chain(factors: list[tuple[str, Tensor]], C: Tensor | None, absolute: bool, 
 
 
 def tightness(model: nn.Module, x: Tensor, C: Tensor | None = None) -> Tensor:
-    """Per-example tightness (B,) of IBP on the local linearisation at ``x`` (mean over rows)."""
+    """Per-example tightness (B,) of IBP on the local linearisation at ``x`` (mean over non-zero
+    rows of the specification)."""
     with torch.no_grad():
         factors = local_linearisation(model, x)
         n_out = get_graph(model, x).widths[-1]
         opt = _chain(factors, C, False, n_out).abs().sum(-1)
         ibp = _chain(factors, C, True, n_out).sum(-1)
-    ratio = torch.where(ibp > 0, opt / ibp.clamp(min=1e-30), torch.ones_like(ibp))
-    return ratio.mean(-1).expand(x.shape[0])
+    valid = ibp > 0  # rows that are identically zero (e.g. the margin of y with itself) are skipped
+    ratio = torch.where(valid, opt / ibp.clamp(min=1e-30), torch.zeros_like(ibp))
+    count = valid.sum(-1)
+    mean = torch.where(
+        count > 0, ratio.sum(-1) / count.clamp(min=1), torch.ones_like(count, dtype=ratio.dtype)
+    )
+    return mean.expand(x.shape[0])

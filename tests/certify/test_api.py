@@ -161,3 +161,15 @@ def test_cuda_matches_cpu(net) -> None:
         net.cpu()
         torch.testing.assert_close(lg.cpu(), lc, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ug.cpu(), uc, atol=1e-4, rtol=1e-4)
+
+
+def test_certify_imports_nothing_from_saferl_or_envs() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, certify, certify.training, certify.policy, certify.tightness;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('saferl', 'envs')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
