@@ -57,6 +57,8 @@ class EPTrainerConfig:
     """Mini-batch size."""
     epochs: int = 10
     """Passes over the training set."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0 = off); guards BP against adjoint blow-ups."""
     tol: float = 1e-3
     """Fixed-point residual ||F(u*)|| above which a sample counts as not converged."""
     seed: int = 0
@@ -72,6 +74,8 @@ class EPTrainerConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not 0 <= self.momentum < 1:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got {self.lr}, {self.momentum}")
+        if self.grad_clip < 0 or not math.isfinite(self.grad_clip):
+            raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.homeostasis < 0 or not math.isfinite(self.homeostasis):
             raise ValueError(f"homeostasis coefficient must be >= 0, got {self.homeostasis}")
 
@@ -144,11 +148,18 @@ class EPTrainer:
         params = self.net.dynamics_parameters() + self.net.readout_parameters()
         for p, g in zip(params, grads + r_grads, strict=True):
             p.grad = g.detach()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, c.grad_clip or float("inf")))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             acc = float((self.predict_from_state(u_star) == y).double().mean())
-        return {"loss": float(loss.detach()), "acc": acc, "homeostasis": hom, **stats.summary()}
+        return {
+            "loss": float(loss.detach()),
+            "acc": acc,
+            "homeostasis": hom,
+            "grad_norm": grad_norm,
+            **stats.summary(),
+        }
 
     # ------------------------------------------------------------------ evaluation
     def predict_from_state(self, u_star: Tensor) -> Tensor:
