@@ -28,14 +28,17 @@ from saferl.data import load_dataset, save_dataset, trajectory_returns
 from saferl.data.collect import CollectConfig, collect
 from saferl.data.plot import plot_spread
 
-# task -> (episode steps, PPO training steps, PPO overrides); rollouts: 10 checkpoints x 3 modes
-# (deterministic, deterministic + noise 0.3, stochastic) x 6 episodes = 180 trajectories
-BUDGETS: dict[str, tuple[int, int, dict]] = {
-    "SaferlPlanar-HopperVelocity-v0": (500, 80_000, {}),
-    "SaferlPlanar-SwimmerVelocity-v0": (500, 60_000, {"gamma": 0.9999}),  # as RL-Zoo's Swimmer
-    "Saferl3D-Hopper3-v0": (300, 60_000, {}),
-    "Saferl3D-Walker2-v0": (300, 60_000, {}),
-    "Saferl3D-Walker3-v0": (300, 60_000, {}),
+# task -> (episode steps, PPO training steps, PPO overrides, cost thresholds κ); rollouts: 10
+# checkpoints x 3 modes (deterministic, deterministic + noise 0.3, stochastic) x 6 episodes = 180
+# trajectories. κ None: DSRL's 20/40/80 per 1000 steps, scaled to the episode length. The 3D
+# walkers rarely go below 12 per 300 steps, so their κ are 20/30/40 (6-32 % of trajectories safe).
+_KAPPA_3D = (20.0, 30.0, 40.0)
+BUDGETS: dict[str, tuple[int, int, dict, tuple[float, ...] | None]] = {
+    "SaferlPlanar-HopperVelocity-v0": (500, 80_000, {}, None),
+    "SaferlPlanar-SwimmerVelocity-v0": (500, 60_000, {"gamma": 0.9999}, None),  # RL-Zoo's γ
+    "Saferl3D-Hopper3-v0": (300, 60_000, {}, _KAPPA_3D),
+    "Saferl3D-Walker2-v0": (300, 60_000, {}, _KAPPA_3D),
+    "Saferl3D-Walker3-v0": (300, 60_000, {}, _KAPPA_3D),
 }
 QUICK_TASK = "SaferlPlanar-HopperVelocity-v0"
 
@@ -45,10 +48,30 @@ def config_for(task: str, quick: bool, seed: int) -> CollectConfig:
     if quick:
         tiny = {"total_timesteps": 128, "num_checkpoints": 2, "episodes_per_mode": 1}
         return CollectConfig.for_task(task, 30, grid_bins=3, seed=seed, verbose=0, **tiny)
-    steps, total, ppo = BUDGETS[task]
+    steps, total, ppo, kappas = BUDGETS[task]
     return CollectConfig.for_task(task, steps, total_timesteps=total, num_checkpoints=10,
                                   episodes_per_mode=6, anneal_fraction=0.5, seed=seed,
-                                  learner_kwargs=ppo)  # fmt: skip
+                                  learner_kwargs=ppo, cost_thresholds=kappas)  # fmt: skip
+
+
+def retag(path: Path, quick: bool, seed: int) -> None:
+    """Rewrite only the cost thresholds of an existing dataset (and its summary and plot) to the
+    current config's; κ plays no part in collection, so this equals recollecting."""
+    kappas = [float(k) for k in config_for(path.stem, quick, seed).cost_thresholds]
+    data, meta = load_dataset(path)
+    meta.cost_thresholds = kappas
+    meta.extra.setdefault("collect_config", {})["cost_thresholds"] = kappas
+    save_dataset(path, data, meta)
+    summary_path = path.with_suffix(".json")
+    summary = json.loads(summary_path.read_text())
+    summary["metadata"]["cost_thresholds"] = kappas
+    summary["metadata"]["extra"] = meta.extra
+    tmp = summary_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, summary_path)
+    title = f"{path.stem}: {meta.num_trajectories}/{len(summary['kept'])} trajectories kept"
+    plot_spread(summary["returns_cost_reward"], summary["kept"], summary["checkpoint"], kappas,
+                path.with_suffix(".png"), title=title)  # fmt: skip
 
 
 def run_task(task: str, data_dir: Path, quick: bool, seed: int) -> Path:
@@ -81,19 +104,16 @@ def table_row(path: Path) -> dict[str, object]:
         "max cost": f"{meta.max_cost:.0f}",
         "κ": "/".join(f"{k:g}" for k in meta.cost_thresholds),
     }
-    for k in meta.cost_thresholds:
-        safe = costs <= k
-        best = f"{rets[safe].max():.0f}" if safe.any() else "-"
-        row[f"safe@{k:g} (best R)"] = f"{safe.mean():.0%} ({best})"
+    safe = [costs <= k for k in meta.cost_thresholds]
+    row["safe % at κ"] = "/".join(f"{100 * m.mean():.0f}" for m in safe)
+    row["best safe R at κ"] = "/".join(f"{rets[m].max():.0f}" if m.any() else "-" for m in safe)
     row["time s"] = f"{summary['seconds']:.0f}"
     return row
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    """Rows (dicts, possibly with different threshold columns) as one markdown table."""
+    """Rows (dicts with the same keys) as one markdown table."""
     keys = list(rows[0])
-    for r in rows[1:]:
-        keys += [k for k in r if k not in keys]
     header = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
     return header + "".join("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |\n"
                             for r in rows)  # fmt: skip
@@ -107,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="one task, a few hundred steps")
     p.add_argument("--table-only", action="store_true", help="only rebuild table and plots")
+    p.add_argument(
+        "--retag",
+        action="store_true",
+        help="rewrite existing datasets' cost thresholds to BUDGETS', then the table",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     tasks = args.tasks or ([QUICK_TASK] if args.quick else list(BUDGETS))
@@ -115,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown task(s) {unknown}; expected some of {list(BUDGETS)}")
     data_dir, out = Path(args.data_dir), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for task in [] if args.table_only else tasks:
+    for task in tasks if args.retag else []:
+        if (data_dir / f"{task}.hdf5").exists():
+            retag(data_dir / f"{task}.hdf5", args.quick, args.seed)
+    for task in [] if (args.table_only or args.retag) else tasks:
         start = time.perf_counter()
         path = run_task(task, data_dir, args.quick, args.seed)
         print(f"{task}: {path} in {time.perf_counter() - start:.0f} s", flush=True)
