@@ -25,7 +25,7 @@ import torch
 
 from saferl.commands.collect import write_summary
 from saferl.data import load_dataset, save_dataset, trajectory_returns
-from saferl.data.collect import CollectConfig, collect
+from saferl.data.collection import CollectConfig, collect
 from saferl.data.plot import plot_spread
 
 # task -> (episode steps, PPO training steps, PPO overrides, cost thresholds κ); rollouts: 10

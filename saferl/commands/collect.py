@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from saferl.data import save_dataset
-    from saferl.data.collect import CollectConfig, collect
+    from saferl.data.collection import CollectConfig, collect
     from saferl.data.plot import plot_spread
 
     torch.set_num_threads(max(1, args.threads))

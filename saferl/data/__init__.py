@@ -1,5 +1,5 @@
 """DSRL-format offline safe-RL datasets: file format (:mod:`saferl.data.dsrl`), collection with
-Lagrangian behaviour policies (:mod:`saferl.data.collect`), the PID Lagrangian they use
+Lagrangian behaviour policies (:mod:`saferl.data.collection`), the PID Lagrangian they use
 (:mod:`saferl.data.lagrangian`) and the spread plot (:mod:`saferl.data.plot`).
 
 The format functions import only numpy and h5py; the collection names (which pull in
@@ -24,11 +24,11 @@ from saferl.data.dsrl import (
 from saferl.data.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 
 _LAZY = {
-    "CollectConfig": "saferl.data.collect",
-    "CollectResult": "saferl.data.collect",
-    "collect": "saferl.data.collect",
-    "grid_filter": "saferl.data.collect",
-    "rollout": "saferl.data.collect",
+    "CollectConfig": "saferl.data.collection",
+    "CollectResult": "saferl.data.collection",
+    "collect": "saferl.data.collection",
+    "grid_filter": "saferl.data.collection",
+    "rollout": "saferl.data.collection",
     "plot_spread": "saferl.data.plot",
 }
 
