@@ -6,7 +6,7 @@ held-out = mean over the held-out agents, each from ``--eval-episodes`` determin
 and writes the learning-curve plot. Every run is saved under ``--out/<kind>_seed<k>/`` (SB3 zip,
 safetensors actor, JSON config and metrics); finished runs are reused unless ``--fresh``.
 
-    python experiments/set_suite.py --suite Hopper++ --steps 12000 --seeds 0 1
+    python experiments/set_suite.py --suite Hopper++ --steps 6000 --seeds 0 1
     python experiments/set_suite.py --quick
 """
 
@@ -43,9 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--suite", default="Hopper++")
     p.add_argument("--kinds", nargs="+", default=["set", "transformer", "mlp"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--steps", type=int, default=12_000, help="transitions over all agents")
-    p.add_argument("--learning-starts", type=int, default=1_000)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--steps", type=int, default=6_000, help="transitions over all agents")
+    p.add_argument("--learning-starts", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--eval-episodes", type=int, default=5)
@@ -136,7 +136,10 @@ def plot_curves(args: argparse.Namespace, runs: dict[tuple[str, int], dict], pat
             idx = np.digitize(steps, edges) - 1
             per_seed.append([rets[idx == b].mean() if (idx == b).any() else np.nan
                              for b in range(len(centres))])  # fmt: skip
-        ax.plot(centres, np.nanmean(np.array(per_seed), 0), marker="o", ms=3, label=kind)
+        per_seed = np.array(per_seed)
+        seen = np.isfinite(per_seed).any(0)  # bins where some seed finished an episode
+        mean = np.nanmean(per_seed[:, seen], 0) if seen.any() else np.array([])
+        ax.plot(centres[seen], mean, marker="o", ms=3, label=kind)
     ax.axvline(args.learning_starts, color="grey", ls=":", lw=1)
     ax.set_xlabel("transitions (all training agents)")
     ax.set_ylabel("training episode return")

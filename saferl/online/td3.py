@@ -364,7 +364,7 @@ def critic_td_loss(model: TD3, replay_data: Any) -> float:
     return float(sum(torch.nn.functional.mse_loss(q, target) for q in current) / len(current))
 
 
-def demo_stage(budget_steps: int = 600, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+def demo_stage(budget_steps: int = 500, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """A tiny TD3 + SET run on one agent (hopper_3) for ``saferl demo`` (well under 60 s on a
     CPU): returns the episodes seen, the critic loss before/after extra updates on a fixed batch,
     the return of the trained policy and its rotation-invariance error."""

@@ -17,9 +17,16 @@ from saferl.policies.graph import hop_distances, layout_for
 from saferl.policies.mlp import MLPActor, MLPConfig, MLPCritic
 from saferl.policies.sb3 import ClippedAdam, LimbTD3Policy
 from saferl.policies.set import SETActor, SETConfig, SETCritic, gram_invariants
+from saferl.policies.soft_equivariance import (
+    CANDIDATES,
+    SoftInvariance,
+    SoftInvarianceConfig,
+    non_invariance,
+)
 from saferl.policies.transformer import TransformerActor, TransformerConfig, TransformerCritic
 
 __all__ = [
+    "CANDIDATES",
     "KINDS",
     "ClippedAdam",
     "LimbTD3Policy",
@@ -29,6 +36,8 @@ __all__ = [
     "SETActor",
     "SETConfig",
     "SETCritic",
+    "SoftInvariance",
+    "SoftInvarianceConfig",
     "TransformerActor",
     "TransformerConfig",
     "TransformerCritic",
@@ -41,6 +50,7 @@ __all__ = [
     "invariance_error",
     "layout_for",
     "make_config",
+    "non_invariance",
     "orbit_angles",
     "plot_orbits",
     "reflect_flat",
