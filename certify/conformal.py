@@ -419,7 +419,7 @@ def _engine() -> Callable:
     return compute_bounds
 
 
-def margin_spec(num_classes: int, device: torch.device | str = "cpu") -> Tensor:
+def all_margins_spec(num_classes: int, device: torch.device | str = "cpu") -> Tensor:
     """C (K·K, K) with row (y, j) = e_j − e_y, so C z lists every margin z_j − z_y."""
     eye = torch.eye(num_classes, device=device)
     return (eye.unsqueeze(0) - eye.unsqueeze(1)).reshape(num_classes * num_classes, num_classes)
@@ -445,7 +445,7 @@ def prob_bounds(
         raise ValueError("margins=True needs the bound engine (a C matrix), not bound_fn")
     with torch.no_grad():
         k = model(x[:1]).shape[1]
-    spec = margin_spec(k, x.device).to(x.dtype)
+    spec = all_margins_spec(k, x.device).to(x.dtype)
     kwargs.pop("bound_fn", None)
     lo, hi = logit_bounds(model, x, eps, method, C=spec, **kwargs)
     return margin_softmax_bounds(hi.reshape(-1, k, k), lo.reshape(-1, k, k))
