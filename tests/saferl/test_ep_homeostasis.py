@@ -42,7 +42,7 @@ def setup(angle: float, seed: int = 1, batch: int = 6, hidden=(6, 5)):
     return net, x, y, u
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(n=st.integers(2, 8), seed=st.integers(0, 10_000), symmetric=st.booleans())
 def test_penalty_is_unbiased_for_half_frobenius_of_asymmetry(n, seed, symmetric):
     """Spec check 4 (generic J): MC penalty -> 1/2 ||J - J^T||_F^2 / n; exactly 0 if J = J^T."""
