@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from certify.bounds import symbolic as sym
 from certify.bounds.graph import Graph
 from certify.bounds.ibp import exact_affine, input_rows
 from certify.bounds.inputs import InputSet, concretize_lower
@@ -195,28 +196,72 @@ def crown_chain(
     fast: bool = True,
     max_elems: int = 2**20,
     stats: CrownStats | None = None,
+    reference: str = "auto",
 ) -> Interval:
-    """Bounds (B, m) on ``C @ f(x)`` (or ``f(x)``) by CROWN or CROWN-IBP on a chain graph."""
+    """Bounds (B, m) on ``C @ f(x)`` (or ``f(x)``) by CROWN or CROWN-IBP on a chain graph.
+
+    ``reference``: how intermediate neurons are screened before backward rows are computed:
+    ``"ibp"`` or ``"symbolic"`` (IBP intersected with symbolic intervals); ``"auto"`` uses the
+    symbolic one for ReLU-like networks. Fast and dense paths use the same reference.
+    """
     stats = stats if stats is not None else CrownStats()
+    use_sym = method == "crown" and _use_symbolic(graph, reference)
+    B, D = inp.lo.shape
+    size = max(1, min(B, 2**24 // max(max(graph.widths) * D, 1))) if use_sym else B
+    outs = []
+    for s in range(0, B, size):
+        sel = slice(s, min(s + size, B))
+        sub = InputSet(
+            inp.lo[sel],
+            inp.hi[sel],
+            inp.p,
+            None if inp.x0 is None else inp.x0[sel],
+            None if inp.eps is None else inp.eps[sel],
+        )
+        Cs = C if C is None or C.dim() == 2 else C[sel]
+        outs.append(_crown_chunk(graph, sub, Cs, method, fast, max_elems, stats, use_sym))
+    if len(outs) == 1:
+        return outs[0]
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+def _use_symbolic(graph: Graph, reference: str) -> bool:
+    if reference not in ("auto", "ibp", "symbolic"):
+        raise ValueError(f"reference must be 'auto', 'ibp' or 'symbolic', got {reference!r}")
+    if reference != "auto":
+        return reference == "symbolic"
+    from certify.bounds.activations import LeakyReLU, ReLU
+
+    return any(isinstance(n.op, (ReLU, LeakyReLU)) for n in graph.nodes[1:])
+
+
+def _crown_chunk(graph, inp, C, method, fast, max_elems, stats, use_sym) -> Interval:
     nodes = graph.nodes
     last = len(nodes) - 1
     is_input = input_rows(graph)
     bounds: dict[int, Interval] = {0: (inp.lo, inp.hi)}
     relax: dict[int, Relax] = {}
+    state = sym.start(inp) if use_sym else None
     for i in range(1, last + 1):
         op = nodes[i].op
         prev = bounds[i - 1]
         if op.kind == "activation":
             relax[i] = op.relax(*prev)
+            state = sym.activation(state, op, relax[i], prev) if use_sym else None
         if op.kind == "reshape":
             bounds[i] = prev
             continue
-        if op.kind == "affine" and is_input[i - 1]:
-            bounds[i] = exact_affine(op, inp)
-            continue
+        if op.kind == "affine":
+            state = sym.affine(state, op) if use_sym else None
+            if is_input[i - 1]:
+                bounds[i] = exact_affine(op, inp)
+                continue
         ref = op.ibp(prev)
         feeds_act = i < last and nodes[i + 1].op.kind == "activation"
         if method == "crown" and feeds_act:
+            if use_sym:
+                s_lo, s_hi = sym.bounds(state, inp)
+                ref = torch.maximum(ref[0], s_lo), torch.minimum(ref[1], s_hi)
             ref = _tighten(graph, i, ref, inp, relax, fast, max_elems, stats)
         bounds[i] = ref
     return _final(graph, last, inp, relax, C, stats)

@@ -120,6 +120,7 @@ def compute_bounds(
     *,
     fast: bool = True,
     backend: str = "native",
+    reference: str = "auto",
     stats: CrownStats | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sound bounds on ``C @ model(x')`` (or ``model(x')``) for every x' in the ball around ``x``.
@@ -135,6 +136,8 @@ def compute_bounds(
         fast: CROWN computes intermediate bounds for unstable neurons only (``False``: the dense
             reference path with full A matrices).
         backend: ``"native"`` or ``"auto_lirpa"`` (when installed).
+        reference: CROWN's screen for unstable neurons: ``"ibp"``, ``"symbolic"`` (symbolic
+            intervals, tighter) or ``"auto"`` (symbolic for ReLU-like networks).
 
     Returns:
         ``(lower, upper)``, each (B, m): for every x' in the set, lower <= C f(x') <= upper
@@ -158,7 +161,7 @@ def compute_bounds(
         return ibp_graph(graph, inp, x.shape, C)
     check_chain(graph, method)
     _check_flat(graph, method)
-    return crown_chain(graph, inp, C, method, fast=fast, stats=stats)
+    return crown_chain(graph, inp, C, method, fast=fast, stats=stats, reference=reference)
 
 
 def _check_device(model: nn.Module, x: Tensor) -> None:

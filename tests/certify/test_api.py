@@ -32,6 +32,7 @@ def net() -> nn.Sequential:
         ({"eps": 0.1, "method": "zonotope"}, "method must be one of"),
         ({"eps": 0.1, "C": torch.ones(2, 5)}, "C must have shape"),
         ({"eps": 0.1, "norm": 3}, "norm must be"),
+        ({"eps": 0.1, "method": "crown", "reference": "lp"}, "reference must be"),
     ],
 )
 def test_bad_input_raises(net, kwargs, match) -> None:
@@ -80,15 +81,17 @@ def test_residual_ibp_only() -> None:
     hidden=st.lists(st.integers(1, 24), min_size=1, max_size=3),
     act=st.sampled_from(sorted(CROWN_ACTS)),
     eps=st.sampled_from([0.01, 0.1, 0.5]),
+    reference=st.sampled_from(["ibp", "symbolic"]),
 )
-def test_fast_equals_dense(seed, hidden, act, eps) -> None:
+def test_fast_equals_dense(seed, hidden, act, eps, reference) -> None:
     torch.manual_seed(seed)
     net = mlp([5, *hidden, 3], [act, "relu"])
     x = torch.randn(7, 5)
     C = torch.randn(7, 2, 3)
     with torch.no_grad():
-        f = compute_bounds(net, x, eps, method="crown", C=C, fast=True)
-        d = compute_bounds(net, x, eps, method="crown", C=C, fast=False)
+        kw = {"method": "crown", "C": C, "reference": reference}
+        f = compute_bounds(net, x, eps, fast=True, **kw)
+        d = compute_bounds(net, x, eps, fast=False, **kw)
     torch.testing.assert_close(f[0], d[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(f[1], d[1], atol=1e-5, rtol=0)
 

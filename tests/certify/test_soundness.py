@@ -49,8 +49,8 @@ def problems(draw, acts: dict, residual: bool = False):
 def _check(method: str, problem) -> None:
     net, x, eps, clip, gen = problem
     x_min, x_max = (x.min() - 0.05, x.max() + 0.05) if clip else (None, None)
-    C = None
-    lower, upper = compute_bounds(net, x, eps, method=method, x_min=x_min, x_max=x_max, C=C)
+    kw = {"reference": "ibp" if float(x.sum()) > 0 else "symbolic"} if method == "crown" else {}
+    lower, upper = compute_bounds(net, x, eps, method=method, x_min=x_min, x_max=x_max, **kw)
     e = torch.broadcast_to(torch.as_tensor(eps, dtype=x.dtype), x.shape)
     lo, hi = x - e, x + e
     if clip:
