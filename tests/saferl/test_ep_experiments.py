@@ -97,3 +97,21 @@ def test_unsafe_within_labels_respect_episodes():
     assert unsafe_within(costs, episodes, 1).tolist() == [0, 0, 1, 0, 0, 1, 0]
     with pytest.raises(ValueError, match="k"):
         unsafe_within(costs, episodes, 0)
+
+
+def test_safety_split_from_rollouts():
+    from saferl.ep import load_safety_split
+
+    s = load_safety_split(n_steps=300, horizon=3, seed=0)
+    assert s.n_classes == 2 and s.x_train.shape[1] == s.x_test.shape[1]
+    assert set(s.y_train.unique().tolist()) <= {0, 1}
+    assert len(s.x_train) + len(s.x_test) == 300
+    assert torch.isfinite(s.x_train).all()
+    torch.testing.assert_close(
+        s.x_train.double().mean(0),
+        torch.zeros(s.x_train.shape[1], dtype=torch.float64),
+        atol=1e-4,
+        rtol=0,
+    )
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_safety_split(n_steps=10, test_fraction=1.5)
