@@ -54,7 +54,7 @@ FAMILIES: dict[str, FamilySpec] = {
     "humanoid": FamilySpec(PhysicsSettings(0.002, "RK4"), 4, 1.0, True, (0.6, 2.0), 1.0, 0.287),
     "cheetah": FamilySpec(
         PhysicsSettings(0.01, "implicitfast", joint_damping=2.0),
-        4, 0.0, True, (0.25, 4.0), 1.35, 0.77,
+        4, 0.0, True, (0.25, 4.0), 1.35, 0.313,
     ),
 }  # fmt: skip
 
