@@ -25,9 +25,10 @@ from certify.bounds.ops import Affine, Interval
 
 @dataclass
 class SymState:
-    """``z = J [x; xi] + c + [e_lo, e_hi]``; ``J`` is None for the identity (z = x)."""
+    """``z = [x; xi]^T Jt + c + [e_lo, e_hi]``; ``Jt`` (B, D + K, n) is stored transposed so
+    that an affine layer is one shared-weight matrix product; None means the identity (z = x)."""
 
-    J: Tensor | None
+    Jt: Tensor | None
     c: Tensor
     e_lo: Tensor
     e_hi: Tensor
@@ -41,37 +42,46 @@ def start(inp: InputSet) -> SymState:
 
 def affine(s: SymState, op: Affine) -> SymState:
     W = op.weight
-    J = W if s.J is None else W @ s.J
+    Jt = W.T if s.Jt is None else s.Jt @ W.T
     mid, rad = (s.e_hi + s.e_lo) / 2, (s.e_hi - s.e_lo) / 2
     mid, rad = mid @ W.T, rad @ W.abs().T
-    return SymState(J, s.c @ W.T + op.bias_or_zero, mid - rad, mid + rad, s.d)
+    return SymState(Jt, s.c @ W.T + op.bias_or_zero, mid - rad, mid + rad, s.d)
 
 
 def activation(s: SymState, op, relax: tuple, bounds: Interval) -> SymState:
     """f(z) = lam z + g(z), lam = upper slope >= 0, g in [g_lo, g_hi] on [l, u]."""
     ls, lb, us, ub = relax
     lam = us
-    J = lam.unsqueeze(-1) * (s.J if s.J is not None else _eye(s.c))
+    J_in = s.Jt if s.Jt is not None else _eye(s.c)
     if isinstance(op, (ReLU, LeakyReLU)):
         # lam in [a, 1], so lam z is a valid lower line through the origin: g in [0, ub]
-        G = _noise_columns(ub / 2)
-        return SymState(torch.cat([J, G], -1), lam * s.c + ub / 2, lam * s.e_lo, lam * s.e_hi, s.d)
+        Jt = _scaled_with_noise(J_in, lam, ub / 2)
+        return SymState(Jt, lam * s.c + ub / 2, lam * s.e_lo, lam * s.e_hi, s.d)
+    Jt = lam.unsqueeze(1) * J_in
     lo, hi = bounds
     lb = torch.zeros_like(lam) if lb is None else lb
     g_lo = torch.minimum((ls - lam) * lo, (ls - lam) * hi) + lb
-    return SymState(J, lam * s.c, lam * s.e_lo + g_lo, lam * s.e_hi + ub, s.d)
+    return SymState(Jt, lam * s.c, lam * s.e_lo + g_lo, lam * s.e_hi + ub, s.d)
 
 
-def _noise_columns(half: Tensor) -> Tensor:
-    """(B, n, U) with column u = half-width of the u-th neuron having half > 0 (padded)."""
+def _scaled_with_noise(J: Tensor, lam: Tensor, half: Tensor) -> Tensor:
+    """``[lam * J; G]`` (B, K + U, n) in one buffer; row u of G holds the half-width of the u-th
+    neuron with ``half > 0`` (rows padded to the batch maximum U)."""
     mask = half > 0
     counts = mask.sum(1)
     U = int(counts.max()) if counts.numel() else 0
     idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :U]
     valid = torch.arange(U, device=half.device) < counts.unsqueeze(1)
     val = torch.where(valid, half.gather(1, idx), torch.zeros_like(idx, dtype=half.dtype))
-    G = half.new_zeros(half.shape[0], half.shape[1], U)
-    return G.scatter_(1, idx.unsqueeze(1), val.unsqueeze(1))
+    B, n = half.shape
+    K = J.shape[-2]
+    if torch.is_grad_enabled() and (J.requires_grad or lam.requires_grad or half.requires_grad):
+        G = half.new_zeros(B, U, n).scatter(2, idx.unsqueeze(2), val.unsqueeze(2))
+        return torch.cat([lam.unsqueeze(1) * J, G], 1)
+    out = half.new_empty(B, K + U, n)
+    torch.mul(J, lam.unsqueeze(1), out=out[:, :K])
+    out[:, K:].zero_().scatter_(2, idx.unsqueeze(2), val.unsqueeze(2))
+    return out
 
 
 def _eye(c: Tensor) -> Tensor:
@@ -80,16 +90,17 @@ def _eye(c: Tensor) -> Tensor:
 
 def bounds(s: SymState, inp: InputSet) -> Interval:
     """Concrete (B, n) bounds of the symbolic state over the input set and xi in [-1, 1]^K."""
-    J = s.J if s.J is not None else _eye(s.c)
-    if J.dim() == 2:
-        J = J.unsqueeze(0)
-    Jx, Jg = J[..., : s.d], J[..., s.d :]
-    noise = Jg.abs().sum(-1)
+    Jt = s.Jt if s.Jt is not None else _eye(s.c)
+    if Jt.dim() == 2:
+        Jt = Jt.unsqueeze(0)
+    Jx, Jg = Jt[:, : s.d], Jt[:, s.d :]
+    noise = Jg.abs().sum(1)
     if inp.is_box:
         xc, xr = (inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2
-        mid = (Jx @ xc.unsqueeze(-1)).squeeze(-1) + s.c
-        rad = (Jx.abs() @ xr.unsqueeze(-1)).squeeze(-1) + noise
+        mid = (xc.unsqueeze(1) @ Jx).squeeze(1) + s.c
+        rad = (xr.unsqueeze(1) @ Jx.abs()).squeeze(1) + noise
         return mid - rad + s.e_lo, mid + rad + s.e_hi
-    lower = concretize_lower(Jx, s.c + s.e_lo, inp, lambda t: t.unsqueeze(1)) - noise
-    upper = -concretize_lower(-Jx, -(s.c + s.e_hi), inp, lambda t: t.unsqueeze(1)) + noise
+    J = Jx.transpose(1, 2)
+    lower = concretize_lower(J, s.c + s.e_lo, inp, lambda t: t.unsqueeze(1)) - noise
+    upper = -concretize_lower(-J, -(s.c + s.e_hi), inp, lambda t: t.unsqueeze(1)) + noise
     return lower, upper

@@ -149,10 +149,16 @@ def test_fx_module_matches_sequential() -> None:
         torch.testing.assert_close(a, b)
 
 
-def test_gradients_flow_for_training(net) -> None:
-    lo, hi = compute_bounds(net, torch.randn(4, 3), 0.1, method="crown-ibp")
+@pytest.mark.parametrize("method", ["ibp", "crown", "crown-ibp"])
+def test_gradients_flow_for_training(net, method) -> None:
+    x = torch.randn(4, 3)
+    lo, hi = compute_bounds(net, x, 0.1, method=method)
     (hi - lo).sum().backward()
     assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
+    with torch.no_grad():  # the autograd and in-place (no-grad) paths agree
+        lo2, hi2 = compute_bounds(net, x, 0.1, method=method)
+    torch.testing.assert_close(lo.detach(), lo2)
+    torch.testing.assert_close(hi.detach(), hi2)
 
 
 @pytest.mark.gpu
