@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from saferl.online import TD3Config, load_actor, save_run, train
+from saferl.online import TD3Config, evaluate, load_actor, save_run, suite_max_limbs, train
 from saferl.policies import invariance_error, orbit_angles
 
 NETS = {
@@ -96,6 +96,47 @@ def split_mean(metrics: dict, split: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+class ReferenceActor(torch.nn.Module):
+    """Zero torques, or uniform random torques in [-1, 1] (seeded): rows of context."""
+
+    def __init__(self, action_dim: int, random: bool, seed: int = 0) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives evaluate() a device
+        self.action_dim, self.random = action_dim, random
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.random:
+            return torch.zeros(obs.shape[0], self.action_dim)
+        return torch.rand(obs.shape[0], self.action_dim, generator=self.gen) * 2 - 1
+
+
+def reference_rows(args: argparse.Namespace, runs: dict[tuple[str, int], dict]) -> list[str]:
+    """Table rows for zero and random torques under the same evaluation protocol."""
+    evaluation = next(iter(runs.values()))["evaluation"]
+    heldout = sorted(a for a, v in evaluation.items() if v["split"] == "heldout")
+    max_limbs = suite_max_limbs(list(evaluation))
+    rows = []
+    for name, random in (("zero torques", False), ("random torques", True)):
+        per_seed: dict[str, list[float]] = {a: [] for a in evaluation}
+        for seed in args.seeds:
+            actor = ReferenceActor(max_limbs * 3, random, seed)
+            for agent in evaluation:
+                stats = evaluate(actor, agent, max_limbs, args.eval_episodes, seed=10_000 + seed,
+                                 max_steps=50 if args.quick else None)  # fmt: skip
+                per_seed[agent].append(stats["return_mean"])
+
+        def fmt(split: str, per_seed=per_seed) -> str:
+            agents = [a for a, v in evaluation.items() if v["split"] == split]
+            values = np.mean([per_seed[a] for a in agents], 0)
+            return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+
+        cells = [f"*{name}*", fmt("train"), fmt("heldout")]
+        cells += [f"{np.mean(per_seed[a]):.1f} ± {np.std(per_seed[a]):.1f}" for a in heldout]
+        rows.append("| " + " | ".join([*cells, "–", "–"]) + " |")
+    return rows
+
+
 def table(args: argparse.Namespace, runs: dict[tuple[str, int], dict]) -> str:
     """Markdown table: per kind, in-suite and held-out return mean ± sd over seeds."""
     heldout = sorted({a for m in runs.values() for a, v in m["evaluation"].items()
@@ -114,7 +155,7 @@ def table(args: argparse.Namespace, runs: dict[tuple[str, int], dict]) -> str:
         cells.append(f"{max(m.get('invariance_error', float('nan')) for m in ms):.1e}")
         cells.append(f"{np.mean([m['seconds'] for m in ms]) / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + reference_rows(args, runs))
 
 
 def plot_curves(args: argparse.Namespace, runs: dict[tuple[str, int], dict], path: str) -> None:
