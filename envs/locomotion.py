@@ -297,6 +297,7 @@ class Locomotion3DEnv(gym.Env):
         if self._diverged(t0):
             return self._last_obs, 0.0, True, False, {"diverged": True, "cost": 0.0}
         vx, vy = (float(qpos[0]) - x0) / self.dt, (float(qpos[1]) - y0) / self.dt
+        self._refresh_kinematics()
         obs = self.observation()
         self._last_obs = obs
         reward, info = self._reward(vx, vy, action)
@@ -320,6 +321,19 @@ class Locomotion3DEnv(gym.Env):
             self._renderer = None
 
     # ------------------------------------------------------------------ task pieces
+    def _refresh_kinematics(self) -> None:
+        """Recompute frames, velocities and frame sensors for the integrated state.
+
+        ``mj_step`` leaves them as computed before its last integration; the observation,
+        reward, cost and termination must describe the state the step ended in.
+        """
+        m, d = self.model, self.data
+        mujoco.mj_kinematics(m, d)
+        mujoco.mj_comPos(m, d)
+        mujoco.mj_comVel(m, d)
+        mujoco.mj_sensorPos(m, d)
+        mujoco.mj_sensorVel(m, d)
+
     def _diverged(self, t0: float) -> bool:
         """Whether the last step went unstable (cheap checks first).
 

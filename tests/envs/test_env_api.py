@@ -143,3 +143,18 @@ def test_bad_constructor_arguments() -> None:
         envs.Locomotion3DEnv("walker_7", cost_type="speed")
     with pytest.raises(ValueError, match="task"):
         gym.make("Saferl3D-Walker5-v0", task="circle")
+
+
+@pytest.mark.parametrize("agent", ["hopper_5", "cheetah_14"])
+def test_observation_after_step_describes_the_integrated_state(agent: str) -> None:
+    """The observation after step() equals the observation of the same state set afresh."""
+    env = envs.Locomotion3DEnv(agent)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        obs, *_ = env.step(rng.uniform(-1, 1, env.action_space.shape))
+    fresh = envs.Locomotion3DEnv(agent)
+    fresh.reset(seed=1)
+    fresh.target_direction = env.target_direction
+    fresh.set_state(env.data.qpos.copy(), env.data.qvel.copy())
+    np.testing.assert_array_equal(fresh.observation(), obs)
