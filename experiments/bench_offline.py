@@ -17,6 +17,7 @@ import argparse
 import glob
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,9 +40,9 @@ CPU_BUDGET = {
     "fisor_critic_batch": 256,
     "fisor_nets": {"actor_width": 64},  # LN-ResNet 64 → 256 → 64 (reference: 256 → 1024 → 256)
     "bc_steps": 1500,
-    "bcq_steps": 800,
+    "bcq_steps": 300,
     "bcq_batch": 256,
-    "bcq_nets": {"vae_hidden": (256, 256)},  # reference: 750, 750
+    "bcq_nets": {"vae_hidden": (256, 256), "num_samples": 4},  # reference: 750, 750; 10
     "episodes": 20,
     "seeds": (0, 1),
 }
@@ -94,13 +95,22 @@ def quick_tasks(tmp: Path) -> list[str]:
     return [str(path)]
 
 
-def budget_text(budget: dict, tasks) -> str:
+def read_rows(path: Path) -> dict:
+    """Rows and budget from a ``*_rows.json`` file or a streamed ``*_rows.jsonl`` file."""
+    if path.suffix == ".jsonl":
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {"budget": lines[0].get("budget", ""), "rows": lines[1:]}
+    return json.loads(path.read_text())
+
+
+def budget_text(budget: dict, tasks, methods=("bc_all", "bc_safe", "bcq_lag", "fisor")) -> str:
     sizes = ", ".join(
         f"{name}: {len(d['rewards'])} transitions / {m.num_trajectories} trajectories, "
         f"κ = {'/'.join(f'{k:g}' for k in m.cost_thresholds)}"
         for name, d, m in tasks
     )
     return (
+        f"Methods {', '.join(methods)}. "
         f"Budget: FISOR {budget['fisor_iterations']} iterations (actor batch "
         f"{budget['fisor_actor_batch']} in 2 updates, critic batch {budget['fisor_critic_batch']}"
         f", nets {budget.get('fisor_nets', 'reference')}), BC-All/BC-Safe {budget['bc_steps']} "
@@ -121,17 +131,28 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--rows-only", action="store_true", help="write rows JSON only (for --merge)")
     p.add_argument("--merge", nargs="+", default=None, help="rows JSON files to merge")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--methods", nargs="+", default=None, help="subset of the methods")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=INT",
+                   help="override integer budget entries, e.g. bcq_steps=300")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     if args.merge:
-        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        parts = [read_rows(Path(f)) for f in args.merge]
         rows = [r for part in parts for r in part["rows"]]
         header = "\n".join(dict.fromkeys(part.get("budget", "") for part in parts))
     else:
         budget = dict(CPU_BUDGET)
+        for item in args.set:
+            key, value = item.split("=")
+            if key not in budget:
+                raise SystemExit(f"unknown budget key {key!r}; expected one of {sorted(budget)}")
+            budget[key] = int(value)
+        if args.seeds:
+            budget["seeds"] = tuple(args.seeds)
         if args.quick:
             budget.update(fisor_iterations=5, fisor_actor_batch=32, fisor_critic_batch=32,
                           bc_steps=5, bcq_steps=3, bcq_batch=32, episodes=2, seeds=(0,),
@@ -144,8 +165,19 @@ def main(argv: list[str] | None = None) -> str:
             raise SystemExit("no datasets: pass --datasets or create data/*.hdf5 (saferl collect)")
         tasks = load_tasks(paths)
         start = time.perf_counter()
-        rows = run_bench(tasks, bench_config(budget, args.device, args.max_eval_steps))
-        header = budget_text(budget, tasks) + f" Wall time {time.perf_counter() - start:.0f} s."
+        config = bench_config(budget, args.device, args.max_eval_steps)
+        if args.methods:
+            config = replace(config, methods=tuple(args.methods))
+        header = budget_text(budget, tasks, config.methods)
+        stream = out / f"{args.prefix}_rows.jsonl"
+        stream.write_text(json.dumps({"budget": header}) + "\n")
+
+        def append(row: dict) -> None:
+            with stream.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+        rows = run_bench(tasks, config, on_row=append)
+        header += f" Wall time {time.perf_counter() - start:.0f} s."
         if args.rows_only:
             text = json.dumps({"rows": rows, "budget": header}, indent=1)
             (out / f"{args.prefix}_rows.json").write_text(text)

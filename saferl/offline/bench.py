@@ -87,11 +87,13 @@ def run_bench(
     config: BenchConfig,
     env_fn: Callable[[Any], Callable] | None = None,
     log: Callable[[str], None] = print,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the grid; returns one row per (task, method, threshold, seed).
 
     ``env_fn(metadata)`` returns a zero-argument env factory (default: ``make_env`` with the
-    metadata's ``env_id`` and ``env_kwargs``).
+    metadata's ``env_id`` and ``env_kwargs``). ``on_row`` is called with each row as soon as it
+    exists (e.g. to append it to a file, so that a long grid's partial results survive).
     """
     rows: list[dict[str, Any]] = []
     for name, data, meta in tasks:
@@ -121,6 +123,8 @@ def run_bench(
                             f"{name} {method} seed={seed} κ={r['threshold']:g}: reward "
                             f"{r['reward']:.3f} cost {r['cost']:.3f} ({train_s:.0f}s train)"
                         )
+                        if on_row is not None:
+                            on_row(rows[-1])
     return rows
 
 
