@@ -3,6 +3,22 @@ for policies and critics. Pure torch on any ``nn.Module``; imports nothing from 
 
 from certify.backends import auto_lirpa_available
 from certify.bounds import METHODS, CrownStats, compute_bounds, get_graph, trace
+from certify.colep import COLEP, COLEPConfig, ProbabilisticCircuit, sensor_bounds_linf, sensor_probs
+from certify.colep import coverage_over_splits as colep_coverage_over_splits
+from certify.conformal import (
+    ConformalConfig,
+    RobustConformalClassifier,
+    SplitConformalClassifier,
+    SplitConformalRegressor,
+    check_coverage,
+    conformal_quantile,
+    coverage_over_splits,
+    evaluate_sets,
+    prob_bounds,
+    score_bounds,
+    sets_over_splits,
+    softmax_bounds,
+)
 from certify.policy import (
     ConcatCritic,
     FeasibilityCertificate,
@@ -11,6 +27,14 @@ from certify.policy import (
     certified_deviation,
     feasibility_certificate,
     fraction_certified,
+)
+from certify.smoothing import (
+    SmoothedConformalClassifier,
+    SmoothingConfig,
+    clopper_pearson,
+    hoeffding_margin,
+    monte_carlo_mean,
+    smoothed_prob_bounds,
 )
 from certify.tightness import local_linearisation, tightness
 from certify.training import (
@@ -27,31 +51,31 @@ from certify.training import (
     worst_case_deviation,
 )
 
-# Conformal prediction (split, robust, COLEP, smoothing) lives in modules of its own; its public
-# names are re-exported lazily so that the bound engine imports without them.
-_LAZY = {
-    "ConformalConfig": "certify.conformal",
-    "SplitConformalClassifier": "certify.conformal",
-    "SplitConformalRegressor": "certify.conformal",
-    "RobustConformalClassifier": "certify.conformal",
-    "conformal_quantile": "certify.conformal",
-    "COLEP": "certify.colep",
-    "COLEPConfig": "certify.colep",
-    "SmoothingConfig": "certify.smoothing",
-    "SmoothedConformalClassifier": "certify.smoothing",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'certify' has no attribute {name!r}")
-
-
 __all__ = [
-    *_LAZY,
+    "COLEP",
+    "COLEPConfig",
+    "ConformalConfig",
+    "ProbabilisticCircuit",
+    "RobustConformalClassifier",
+    "SmoothedConformalClassifier",
+    "SmoothingConfig",
+    "SplitConformalClassifier",
+    "SplitConformalRegressor",
+    "check_coverage",
+    "clopper_pearson",
+    "colep_coverage_over_splits",
+    "conformal_quantile",
+    "coverage_over_splits",
+    "evaluate_sets",
+    "hoeffding_margin",
+    "monte_carlo_mean",
+    "prob_bounds",
+    "score_bounds",
+    "sensor_bounds_linf",
+    "sensor_probs",
+    "sets_over_splits",
+    "smoothed_prob_bounds",
+    "softmax_bounds",
     "METHODS",
     "CertifiedTrainingConfig",
     "ConcatCritic",
