@@ -154,7 +154,7 @@ class Locomotion3DEnv(gym.Env):
                 joint = m.joint(f"{limb.name}_{axis}")
                 qadr[i, k], dadr[i, k] = joint.qposadr[0], joint.dofadr[0]
                 act[i, k] = m.actuator(f"{limb.name}_{axis}_motor").id
-        self._qadr, self._dadr = qadr[1:].ravel(), dadr[1:].ravel()
+        self._qadr, self._dadr = _as_slice(qadr[1:].ravel()), _as_slice(dadr[1:].ravel())
         # action row l -> actuator ids; rows 1..n-1 are real, in actuator order
         self._act_rows = act[1:].ravel()
         self._act_slots = np.arange(ACTIONS_PER_LIMB, n * ACTIONS_PER_LIMB)
@@ -204,6 +204,7 @@ class Locomotion3DEnv(gym.Env):
         if norm < 1e-9:
             raise ValueError("target_direction must have a non-zero horizontal part")
         self._target = d / norm
+        self._vec[:, 2] = self._target
         if self.task == "waypoint":
             self._waypoint = self.data.qpos[:2] + 15.0 * self._target[:2]
 
@@ -257,7 +258,8 @@ class Locomotion3DEnv(gym.Env):
         frames = d.sensordata[: n * 18].reshape(n, 6, 3)  # see envs.builder.SENSORS_PER_LIMB
         vec = self._vec
         vec[:, 0] = frames[:, 0] - frames[0, 0]
-        vec[:, 2] = self._current_target()
+        if self.task == "waypoint":
+            vec[:, 2] = self._current_target()
         vec[:, 3:8] = frames[:, 1:6]
         if np.abs(vec[:, 3:5]).max() > 5.77:  # some norm may exceed 10 (10/sqrt(3) = 5.77...)
             speed2 = np.einsum("lvi,lvi->lv", vec[:, 3:5], vec[:, 3:5])
@@ -418,6 +420,13 @@ class Locomotion3DEnv(gym.Env):
         tilt = math.acos(min(1.0, max(-1.0, up_z)))
         lo, hi = fam.height_band
         return lo * z0 < z < hi * z0 and tilt < fam.max_tilt
+
+
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """A slice when the indices are consecutive (a cheaper view), else the index array."""
+    if index.size and np.array_equal(index, np.arange(index[0], index[0] + index.size)):
+        return slice(int(index[0]), int(index[0]) + index.size)
+    return index
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
