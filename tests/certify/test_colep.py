@@ -39,15 +39,6 @@ def bound_fn():
 ALPHA = 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared CPU (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def brute_force_marginals(rules, w, p, q):
     """Enumerate all 2^(K+A) assignments: Σ_{λ_k=1} P·F / Σ P·F (COLEP Eq. 4–5)."""
     k, a = rules.shape

@@ -49,15 +49,6 @@ def _blobs(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared CPU (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def task():
     torch.manual_seed(0)

@@ -23,15 +23,6 @@ from saferl.ep import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread avoids OpenMP spinning on a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def setup(angle: float, seed: int = 1, batch: int = 6, hidden=(6, 5)):
     cfg = EPNetConfig(in_dim=8, hidden=hidden, n_classes=4, angle_deg=angle, dtype="float64")
     net = EPNetwork(cfg, device="cpu", seed=seed)

@@ -12,15 +12,6 @@ from saferl.ep import EPNetConfig, EPNetwork, get_activation
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread avoids OpenMP spinning on a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(angle: float = 45.0, activation: str = "sigmoid4", seed: int = 1) -> EPNetwork:
     cfg = EPNetConfig(
         in_dim=8,

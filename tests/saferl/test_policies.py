@@ -17,14 +17,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spaces_for(max_limbs: int) -> tuple[spaces.Box, spaces.Box]:
     layout = ObsLayout(max_limbs)
     obs = spaces.Box(-np.inf, np.inf, (layout.flat_dim,), np.float32)

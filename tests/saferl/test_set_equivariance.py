@@ -27,15 +27,6 @@ from saferl.policies import (
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one torch thread avoids oversubscribing a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL_SET = {"width": 32, "ff": 48, "heads": 2, "layers": 2, "channels": 6}
 
 
