@@ -82,7 +82,8 @@ def demo_stage(
     """Train FISOR at a tiny budget and score it with the DSRL protocol (< 60 s on a CPU).
 
     Uses the DSRL file at ``dataset_path`` if given, else :func:`random_rollouts`. Returns the
-    per-threshold scores, the last training statistics and timings. ``config`` replaces the
+    per-threshold scores, the last training statistics, timings, and the trained ``agent`` with
+    the ``data`` and ``metadata`` it learnt from (for later demo stages). ``config`` replaces the
     demo's FISOR config (:data:`DEMO_NETS`) except for iterations and seed.
     """
     start = time.perf_counter()
@@ -111,4 +112,7 @@ def demo_stage(
         "train_stats": log[-1],
         "train_seconds": train_s,
         "total_seconds": time.perf_counter() - start,
+        "agent": agent,
+        "data": data,
+        "metadata": meta,
     }

@@ -105,6 +105,20 @@ class EnsembleMLP(nn.Module):
                 h = F.relu(h)
         return h.squeeze(-1) if self.out_dim == 1 else h
 
+    def member(self, k: int) -> nn.Sequential:
+        """Member ``k`` as a plain ``nn.Sequential`` of Linear/ReLU (a copy, ``(B, in) -> (B,
+        out)``), e.g. for :mod:`certify`'s bound engine."""
+        if not 0 <= k < self.ensemble:
+            raise ValueError(f"member index must be in [0, {self.ensemble}), got {k}")
+        sizes = [self.layers[0].weight.shape[1]] + [layer.weight.shape[2] for layer in self.layers]
+        net = mlp(sizes)
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for linear, layer in zip(linears, self.layers, strict=True):
+                linear.weight.copy_(layer.weight[k].T)
+                linear.bias.copy_(layer.bias[k, 0])
+        return net.to(self.layers[0].weight.device)
+
 
 class FourierFeatures(nn.Module):
     """Learnable Fourier features of a scalar time: ``t (B,) -> [cos 2πtW, sin 2πtW] (B, dim)``.

@@ -202,3 +202,18 @@ def test_evaluate_policy_runs_episodes_side_by_side():
     assert np.all(res.costs >= 0) and res.returns.shape == (3,)
     with pytest.raises(ValueError):
         evaluate_policy(policy, lambda: make_env("Hopper-v5"), episodes=0)
+
+
+def test_ensemble_member_is_a_plain_copy_of_one_member() -> None:
+    from saferl.offline import EnsembleMLP
+
+    torch.manual_seed(0)
+    ens = EnsembleMLP(7, 1, (16, 16), ensemble=3)
+    x = torch.randn(5, 7)
+    out = ens(x)
+    for k in range(3):
+        net = ens.member(k)
+        assert isinstance(net, torch.nn.Sequential)
+        torch.testing.assert_close(net(x).squeeze(-1), out[k])
+    with pytest.raises(ValueError, match="member index"):
+        ens.member(3)
