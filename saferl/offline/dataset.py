@@ -15,15 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-REQUIRED_KEYS = (
-    "observations",
-    "next_observations",
-    "actions",
-    "rewards",
-    "costs",
-    "terminals",
-    "timeouts",
-)
+from saferl.data.dsrl import REQUIRED_KEYS
 
 
 @dataclass(frozen=True)

@@ -28,20 +28,13 @@ def random_rollouts(
     """A tiny DSRL dict from uniformly random actions (scaled per episode by a factor in
     [0.2, 1] so that reward and cost vary), with metadata inferred from the data."""
     from saferl.data import infer_metadata
+    from saferl.data.dsrl import REQUIRED_KEYS
 
     if transitions < 1 or max_steps < 1:
         raise ValueError(f"transitions and max_steps must be >= 1, got {transitions}, {max_steps}")
     rng = np.random.default_rng(seed)
     env = make_env(env_id)
-    keys = (
-        "observations",
-        "next_observations",
-        "actions",
-        "rewards",
-        "costs",
-        "terminals",
-        "timeouts",
-    )
+    keys = REQUIRED_KEYS
     buf: dict[str, list] = {k: [] for k in keys}
     episode = 0
     while len(buf["rewards"]) < transitions:

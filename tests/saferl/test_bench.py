@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from saferl.cli import main
 from saferl.offline import BC, markdown_table, random_rollouts
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -32,15 +32,6 @@ SMALL = dict(actor_width=32, actor_blocks=1, critic_hidden=(16, 16), time_dim=8,
              actor_batch_size=16, critic_batch_size=8, iterations=10)  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_batch(b: int = 6, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {

@@ -35,15 +35,6 @@ from saferl.offline.dataset import episode_ids, trajectory_returns
 from saferl.offline.networks import EnsembleMLP, FourierFeatures, LNResNetNoise
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy_data(n_traj: int = 4, length: int = 5, obs_dim: int = 3, act_dim: int = 2) -> dict:
     """Trajectory k has reward 1 and cost k on every step; the last ends on a timeout."""
     rng = np.random.default_rng(0)

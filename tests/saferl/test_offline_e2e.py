@@ -5,19 +5,7 @@ from __future__ import annotations
 
 import math
 
-import pytest
-import torch
-
 from saferl.offline import FISORConfig, demo_stage, random_rollouts
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_random_rollouts_are_a_valid_dsrl_dataset():
