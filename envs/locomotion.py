@@ -156,8 +156,8 @@ class Locomotion3DEnv(gym.Env):
                 act[i, k] = m.actuator(f"{limb.name}_{axis}_motor").id
         self._qadr, self._dadr = _as_slice(qadr[1:].ravel()), _as_slice(dadr[1:].ravel())
         # action row l -> actuator ids; rows 1..n-1 are real, in actuator order
-        self._act_rows = act[1:].ravel()
-        self._act_slots = np.arange(ACTIONS_PER_LIMB, n * ACTIONS_PER_LIMB)
+        self._act_rows = _as_slice(act[1:].ravel())
+        self._act_slots = slice(ACTIONS_PER_LIMB, n * ACTIONS_PER_LIMB)
         self._ranges = np.array([limb.joint_ranges for limb in self.morph.limbs], dtype=float)
         self._ranges[0] = 0.0
 
@@ -291,11 +291,11 @@ class Locomotion3DEnv(gym.Env):
 
     def step(self, action: np.ndarray):
         action = self._check_action(action)
-        qpos = self.data.qpos
-        x0, y0 = float(qpos[0]), float(qpos[1])
-        self.data.ctrl[self._act_rows] = action[self._act_slots]
-        t0 = self.data.time
-        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        d = self.data
+        qpos = d.qpos
+        x0, y0, t0 = float(qpos[0]), float(qpos[1]), d.time
+        d.ctrl[self._act_rows] = action[self._act_slots]
+        mujoco.mj_step(self.model, d, nstep=self.frame_skip)
         if self._diverged(t0):
             return self._last_obs, 0.0, True, False, {"diverged": True, "cost": 0.0}
         vx, vy = (float(qpos[0]) - x0) / self.dt, (float(qpos[1]) - y0) / self.dt
@@ -305,7 +305,8 @@ class Locomotion3DEnv(gym.Env):
         reward, info = self._reward(vx, vy, action)
         info.update(self._costs(vx, vy))
         info["diverged"] = False
-        self._update_waypoint()
+        if self.task == "waypoint":
+            self._update_waypoint()
         return obs, reward, not self._healthy(), False, info
 
     def render(self) -> np.ndarray | None:
@@ -377,8 +378,6 @@ class Locomotion3DEnv(gym.Env):
         return self._target if norm < 1e-9 else np.array([delta[0] / norm, delta[1] / norm, 0.0])
 
     def _update_waypoint(self) -> None:
-        if self.task != "waypoint":
-            return
         if np.linalg.norm(self._waypoint - self.data.qpos[:2]) < 1.0:
             theta = self.np_random.uniform(-np.pi, np.pi)
             dist = self.np_random.uniform(10.0, 20.0)
