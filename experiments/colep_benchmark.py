@@ -297,6 +297,20 @@ def markdown_table(rows: list[dict], eps_unit: str = "") -> str:
     return "\n".join(lines)
 
 
+def write_results(out, stem: str, text: str, rows: list[dict], title: str, alpha: float) -> None:
+    """Write ``<stem>.md`` (text), ``<stem>.json`` (rows) atomically and ``<stem>.png``."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in ((f"{stem}.md", text), (f"{stem}.json", json.dumps(rows))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, out / name)
+    plot(rows, out / f"{stem}.png", title, alpha)
+
+
 def plot(rows: list[dict], path, title: str, alpha: float = 0.1) -> None:
     """Certified coverage and set size vs ε for each method (two panels)."""
     import matplotlib

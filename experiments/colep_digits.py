@@ -14,8 +14,6 @@ for 200 random 50/50 calibration/test splits. α = 0.1. Writes ``colep_digits.md
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from colep_benchmark import BenchConfig, Task, markdown_table, plot, run_benchmark  # noqa: E402
+from colep_benchmark import BenchConfig, Task, markdown_table, run_benchmark, write_results  # noqa: E402
 
 ATTRIBUTES = {
     "even": {0, 2, 4, 6, 8},
@@ -71,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Runtime {time.time() - start:.0f} s (2-core shared CPU, 1 thread).\n\n{table}\n"
     )
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, content in (("colep_digits.md", text), ("colep_digits.json", json.dumps(rows))):
-        tmp = args.out / (name + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, args.out / name)
-    plot(rows, args.out / "colep_digits.png", "digits", cfg.alpha)
+    write_results(args.out, "colep_digits", text, rows, "digits", cfg.alpha)
     return 0
 
 

@@ -18,8 +18,6 @@ training statistics; ε is in standardised units. Train/fit/pool are split by ep
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from colep_benchmark import BenchConfig, Task, markdown_table, plot, run_benchmark  # noqa: E402
+from colep_benchmark import BenchConfig, Task, markdown_table, run_benchmark, write_results  # noqa: E402
 
 TASK_ID = "SaferlPlanar-HopperVelocity-v0"
 THRESHOLD = 0.7402  # Safety-Gymnasium's Hopper velocity threshold
@@ -114,12 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU, 1 thread).\n\n{markdown_table(rows)}\n"
     )
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, content in (("colep_hopper.md", text), ("colep_hopper.json", json.dumps(rows))):
-        tmp = args.out / (name + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, args.out / name)
-    plot(rows, args.out / "colep_hopper.png", "hopper: violation within 10 steps", cfg.alpha)
+    write_results(
+        args.out, "colep_hopper", text, rows, "hopper: violation within 10 steps", cfg.alpha
+    )
     return 0
 
 
