@@ -81,15 +81,24 @@ def _actuators_xml(morph: Morphology) -> str:
 SENSORS_PER_LIMB = ("framepos", "framelinvel", "frameangvel", "framexaxis", "frameyaxis",
                     "framezaxis")  # fmt: skip
 """World-frame sensors of every limb's body frame, in this order, limb after limb: position,
-linear and angular velocity, and the three axes (so one slice of ``sensordata`` holds them)."""
+linear and angular velocity, and the three axes. After them come ``jointpos`` then ``jointvel``
+of every hinge (limb order, x y z), so ``sensordata`` alone holds everything an observation
+reads and one gather fills it."""
 
 
 def _sensors_xml(morph: Morphology) -> str:
-    return "\n".join(
+    frames = [
         f'    <{kind} objtype="body" objname="{limb.name}"/>'
         for limb in morph.limbs
         for kind in SENSORS_PER_LIMB
-    )
+    ]
+    joints = [
+        f'    <{kind} joint="{limb.name}_{axis}"/>'
+        for kind in ("jointpos", "jointvel")
+        for limb in morph.limbs[1:]
+        for axis in "xyz"
+    ]
+    return "\n".join(frames + joints)
 
 
 def to_mjcf(morph: Morphology, physics: PhysicsSettings | None = None) -> str:

@@ -50,7 +50,8 @@ class Locomotion3DEnv(gym.Env):
     ## Action Space
     ``Box(-1, 1, (max_limbs * 3,))``: row ``l`` of the (max_limbs, 3) matrix drives the x, y, z
     hinges of limb ``l`` (motor gear × action = torque). The torso row and padded rows are
-    ignored. Non-finite actions or a wrong shape raise ValueError.
+    ignored; MuJoCo clamps the controls to [-1, 1]. Non-finite actions or a wrong shape raise
+    ValueError.
 
     ## Observation Space
     ``obs_view="flat"`` (default): ``Box((max_limbs * PER_LIMB,))`` laid out as
@@ -62,7 +63,8 @@ class Locomotion3DEnv(gym.Env):
     ``reward = forward + heading + ctrl + alive`` with (names as in ``info``)
     ``reward_forward`` = horizontal torso velocity · target direction,
     ``reward_heading`` = horizontal torso velocity · facing direction (walker, humanoid,
-    cheetah; 0 for hopper), ``reward_ctrl`` = −1e-3·|a|², ``reward_alive`` = 1 for hopper,
+    cheetah; 0 for hopper), ``reward_ctrl`` = −1e-3·|a|² (the action as given, like
+    Gymnasium's MuJoCo envs), ``reward_alive`` = 1 for hopper,
     walker and humanoid while healthy (0 for cheetah).
 
     ## Cost (``info["cost"]``, never in the reward)
@@ -128,10 +130,15 @@ class Locomotion3DEnv(gym.Env):
         self.data = mujoco.MjData(self.model)
         self.frame_skip = self.spec_family.frame_skip
         self.dt = self.model.opt.timestep * self.frame_skip
+        self._split = self.model.opt.integrator != mujoco.mjtIntegrator.mjINT_RK4
+        self._ctrl, self._sensordata = self.data.ctrl, self.data.sensordata  # views, kept
+        self._dt_check = self.dt - 0.5 * self.model.opt.timestep
         self._index_model()
         self._static = self._static_features()
         self._init_buffers()
         self._target = np.array([1.0, 0.0, 0.0])
+        self._target_2d = (1.0, 0.0)
+        self._xy = (float(self.data.qpos[0]), float(self.data.qpos[1]))
         self._waypoint = np.zeros(2)
         self._last_obs: Any = None
         self._renderer: mujoco.Renderer | None = None
@@ -204,6 +211,7 @@ class Locomotion3DEnv(gym.Env):
         if norm < 1e-9:
             raise ValueError("target_direction must have a non-zero horizontal part")
         self._target = d / norm
+        self._target_2d = (float(self._target[0]), float(self._target[1]))
         self._vec[:, 2] = self._target
         if self.task == "waypoint":
             self._waypoint = self.data.qpos[:2] + 15.0 * self._target[:2]
@@ -223,13 +231,12 @@ class Locomotion3DEnv(gym.Env):
         self.data.qvel[:] = qvel
         mujoco.mj_forward(self.model, self.data)
         self._warnings_seen = self._instability_warnings()
+        self._xy = (float(qpos[0]), float(qpos[1]))
 
     def observation(self) -> Any:
         """The current observation in the env's view (a fresh copy)."""
         self._write_observation()
-        if self.obs_view == "graph":
-            return {k: v.copy() for k, v in self._views.items()}
-        return self._flat.copy()
+        return self._copy_observation()
 
     def graph_observation(self) -> dict[str, np.ndarray]:
         """The graph view of the current state (always available, whatever ``obs_view``)."""
@@ -249,28 +256,84 @@ class Locomotion3DEnv(gym.Env):
         lo, hi = self._ranges[1:, :, 0].ravel(), self._ranges[1:, :, 1].ravel()
         self._angle_scale, self._angle_shift = 2.0 / (hi - lo), -2.0 * lo / (hi - lo) - 1.0
         self._vec = self._views["vectors"][:n]
-        self._sca = self._views["scalars"][:n]
-        self._sca_joint = self._views["scalars"][1:n]
+        self._init_gather()
+
+    def _init_gather(self) -> None:
+        """Index maps of the one gather ``sensordata -> stage -> flat`` behind an observation.
+
+        ``sensordata`` holds every dynamic number (see :data:`envs.builder.SENSORS_PER_LIMB`).
+        The float64 stage holds, in blocks kept as views: limb positions (n, 3), linear and
+        angular velocities (2n, 3), axes (3n, 3), hinge angles, normalised hinge angles and hinge
+        velocities (3(n-1) each), limb heights (n) — the ``_dst`` slots of the flat view — and,
+        for the reward, the torso's position and axes (12). An observation is then a handful of
+        whole-array operations (a step is dominated by how many there are, not their size).
+        """
+        n, m = self.morph.num_limbs, 3 * (self.morph.num_limbs - 1)
+        adr = self.model.sensor_adr
+
+        def frame(limbs: range, kinds: tuple[int, ...]) -> list[int]:
+            return [adr[6 * l + k] + c for l in limbs for k in kinds for c in range(3)]
+
+        joint_pos = [adr[6 * n + j] for j in range(m)]
+        joint_vel = [adr[6 * n + m + j] for j in range(m)]
+        height = [adr[6 * l] + 2 for l in range(n)]
+        limbs = range(n)
+        self._src = np.array(
+            frame(limbs, (0,)) + frame(limbs, (1, 2)) + frame(limbs, (3, 4, 5))
+            + joint_pos * 2 + joint_vel + height + frame(range(1), (0, 3, 4, 5))
+        )  # fmt: skip
+        where = decode_flat(np.arange(self.layout.flat_dim))  # flat index of every slot
+        vec, sca = where["vectors"][:n], where["scalars"][:n]
+        self._dst = np.concatenate([
+            vec[:, 0].ravel(), vec[:, 3:5].ravel(), vec[:, 5:8].ravel(), sca[1:, 0:3].ravel(),
+            sca[1:, 3:6].ravel(), sca[1:, 23:26].ravel(), sca[:, 20].ravel(),
+        ])  # fmt: skip
+        self._stage = np.zeros(len(self._src))
+        blocks = np.split(self._stage, np.cumsum([3 * n, 6 * n, 9 * n, m, m, m, n]))
+        self._st_obs = self._stage[: len(self._dst)]
+        self._st_pos = blocks[0].reshape(n, 3)
+        self._st_torso = self._st_pos[0]
+        self._st_vel = blocks[1].reshape(2 * n, 3)
+        self._speed = np.zeros(2 * n)
+        self._st_angle_norm, self._st_joint_vel = blocks[4], blocks[5]
+        self._st_torso_frame = blocks[7]  # position, x axis, y axis, z axis (world frame)
+
+    def _read_state(self) -> bool:
+        """Gather and transform the current state into the stage; False if it is not finite.
+
+        A non-finite position shows in the velocities (MuJoCo derives them from the frames), so
+        a sum over the squared speeds screens for both.
+        """
+        np.take(self._sensordata, self._src, out=self._stage)
+        pos = self._st_pos
+        np.subtract(pos, self._st_torso_frame[:3], out=pos)  # relative to the torso
+        a = self._st_angle_norm
+        np.add(np.multiply(a, self._angle_scale, out=a), self._angle_shift, out=a)
+        v = self._st_joint_vel
+        np.minimum(np.maximum(v, -10.0, out=v), 10.0, out=v)
+        # scale every velocity by 10 / max(10, |v|): norms clipped to 10, commutes with rotations
+        vel, speed = self._st_vel, self._speed
+        np.einsum("vi,vi->v", vel, vel, out=speed)
+        if not math.isfinite(np.add.reduce(speed)):
+            return False
+        np.divide(10.0, np.maximum(np.sqrt(speed, out=speed), 10.0, out=speed), out=speed)
+        np.multiply(vel, speed[:, None], out=vel)
+        return True
 
     def _write_observation(self) -> None:
         """Fill the dynamic parts of the observation buffer from the current MuJoCo state."""
-        d, n = self.data, self.morph.num_limbs
-        frames = d.sensordata[: n * 18].reshape(n, 6, 3)  # see envs.builder.SENSORS_PER_LIMB
-        vec = self._vec
-        vec[:, 0] = frames[:, 0] - frames[0, 0]
+        self._read_state()
+        self._put_observation()
+
+    def _put_observation(self) -> None:
         if self.task == "waypoint":
-            vec[:, 2] = self._current_target()
-        vec[:, 3:8] = frames[:, 1:6]
-        if np.abs(vec[:, 3:5]).max() > 5.77:  # some norm may exceed 10 (10/sqrt(3) = 5.77...)
-            speed2 = np.einsum("lvi,lvi->lv", vec[:, 3:5], vec[:, 3:5])
-            # clip the norms of both velocities to 10 (commutes with rotations)
-            vec[:, 3:5] *= np.minimum(1.0, 10.0 / np.sqrt(np.maximum(speed2, 1e-24)))[..., None]
-        angles = d.qpos[self._qadr]
-        joint = self._sca_joint
-        joint[:, 0:3] = angles.reshape(n - 1, 3)
-        joint[:, 3:6] = (angles * self._angle_scale + self._angle_shift).reshape(n - 1, 3)
-        joint[:, 23:26] = np.minimum(np.maximum(d.qvel[self._dadr], -10.0), 10.0).reshape(n - 1, 3)
-        self._sca[:, 20] = frames[:, 0, 2]
+            self._vec[:, 2] = self._current_target()
+        self._flat[self._dst] = self._st_obs
+
+    def _copy_observation(self) -> Any:
+        if self.obs_view == "graph":
+            return {k: v.copy() for k, v in self._views.items()}
+        return self._flat.copy()
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -290,24 +353,23 @@ class Locomotion3DEnv(gym.Env):
         return self._last_obs, {"heading": heading, "target_direction": self.target_direction}
 
     def step(self, action: np.ndarray):
-        action = self._check_action(action)
+        act, ctrl2 = self._check_action(action)
         d = self.data
-        qpos = d.qpos
-        x0, y0, t0 = float(qpos[0]), float(qpos[1]), d.time
-        d.ctrl[self._act_rows] = action[self._act_slots]
-        mujoco.mj_step(self.model, d, nstep=self.frame_skip)
-        if self._diverged(t0):
+        t0 = d.time
+        self._ctrl[self._act_rows] = act[self._act_slots]  # MuJoCo clamps to ctrlrange [-1, 1]
+        self._advance()
+        if self._diverged(t0) or not self._read_state():
             return self._last_obs, 0.0, True, False, {"diverged": True, "cost": 0.0}
-        vx, vy = (float(qpos[0]) - x0) / self.dt, (float(qpos[1]) - y0) / self.dt
-        self._refresh_kinematics()
-        obs = self.observation()
-        self._last_obs = obs
-        reward, info = self._reward(vx, vy, action)
-        info.update(self._costs(vx, vy))
-        info["diverged"] = False
+        self._put_observation()
+        obs = self._last_obs = self._copy_observation()
+        (x0, y0), (x, y, z, *axes) = self._xy, self._st_torso_frame.tolist()
+        self._xy = (x, y)
+        reward, terminated, info = self._score(
+            (x - x0) / self.dt, (y - y0) / self.dt, x, y, z, axes, ctrl2
+        )
         if self.task == "waypoint":
             self._update_waypoint()
-        return obs, reward, not self._healthy(), False, info
+        return obs, reward, terminated, False, info
 
     def render(self) -> np.ndarray | None:
         """An RGB frame (needs an OpenGL context: set MUJOCO_GL=egl or osmesa when headless)."""
@@ -324,6 +386,24 @@ class Locomotion3DEnv(gym.Env):
             self._renderer = None
 
     # ------------------------------------------------------------------ task pieces
+    def _advance(self) -> None:
+        """``frame_skip`` physics steps; afterwards frames, velocities and sensors describe the
+        integrated state (``mj_step`` alone leaves them as computed before its last update).
+
+        Euler and implicit integrators split the step: the position and velocity stages of the
+        next step (``mj_step1``) are run now, so the work equals a bare ``mj_step`` loop's. RK4
+        cannot be split and gets an explicit refresh.
+        """
+        m, d = self.model, self.data
+        if self._split:
+            mujoco.mj_step2(m, d)
+            if self.frame_skip > 1:
+                mujoco.mj_step(m, d, nstep=self.frame_skip - 1)
+            mujoco.mj_step1(m, d)
+        else:
+            mujoco.mj_step(m, d, nstep=self.frame_skip)
+            self._refresh_kinematics()
+
     def _refresh_kinematics(self) -> None:
         """Recompute frames, velocities and frame sensors for the integrated state.
 
@@ -342,33 +422,35 @@ class Locomotion3DEnv(gym.Env):
 
         MuJoCo resets the state, zeroing ``data.time``, when it meets a bad qpos/qvel/qacc; so a
         clock that did not advance by the whole step means a reset. From ``t0 = 0`` the clock
-        cannot tell, so the warning counters are read then. Non-finite states are caught too.
+        cannot tell, so the warning counters are read then. A non-finite state that MuJoCo has
+        not caught yet is found by :meth:`_read_state`.
         """
-        d = self.data
-        if d.time < t0 + self.dt - 0.5 * self.model.opt.timestep:
+        if self.data.time < t0 + self._dt_check:
             return True
         if t0 == 0.0:
             warnings = self._instability_warnings()
             if warnings > self._warnings_seen:
                 self._warnings_seen = warnings
                 return True
-        return not math.isfinite(float(d.qpos.sum() + d.qvel.sum()))
+        return False
 
     def _instability_warnings(self) -> int:
         """MuJoCo's count of bad qpos/qvel/qacc events (it resets the state when one occurs)."""
         w = self.data.warning
         return w[_INSTABILITY[0]].number + w[_INSTABILITY[1]].number + w[_INSTABILITY[2]].number
 
-    def _check_action(self, action: Any) -> np.ndarray:
+    def _check_action(self, action: Any) -> tuple[np.ndarray, float]:
+        """The action as float64 and its squared norm (which also screens for NaN/Inf)."""
         a = np.asarray(action, dtype=np.float64)
         if a.shape != self.action_space.shape:
             raise ValueError(
                 f"action must have shape {self.action_space.shape} "
                 f"({self.layout.max_limbs} limbs x 3 torques), got {a.shape}"
             )
-        if not np.isfinite(a).all():
+        ctrl2 = float(a @ a)
+        if not math.isfinite(ctrl2) and not np.isfinite(a).all():  # exact test on overflow only
             raise ValueError("action contains NaN or Inf; expected finite torques in [-1, 1]")
-        return np.minimum(np.maximum(a, -1.0), 1.0)
+        return a, ctrl2
 
     def _current_target(self) -> np.ndarray:
         if self.task == "direction":
@@ -383,42 +465,46 @@ class Locomotion3DEnv(gym.Env):
             dist = self.np_random.uniform(10.0, 20.0)
             self._waypoint = self.data.qpos[:2] + dist * np.array([np.cos(theta), np.sin(theta)])
         self._target = self._current_target()
+        self._target_2d = (float(self._target[0]), float(self._target[1]))
 
-    def _reward(self, vx: float, vy: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
+    def _score(
+        self, vx: float, vy: float, x: float, y: float, z: float, axes: list, ctrl2: float
+    ) -> tuple[float, bool, dict[str, Any]]:
+        """Reward, termination and ``info`` (reward terms, costs, speed, position) of a step.
+
+        ``axes``: the torso's x, y and z axes in the world frame (9 numbers).
+        """
         fam = self.spec_family
-        target = self._current_target()
         heading = 0.0
         if fam.heading_reward:  # speed along the horizontal projection of the torso's x axis
-            fx, fy = float(self.data.xmat[self._torso, 0]), float(self.data.xmat[self._torso, 3])
-            norm = math.hypot(fx, fy)
-            heading = (vx * fx + vy * fy) / norm if norm > 1e-9 else 0.0
-        terms = {
-            "reward_forward": vx * float(target[0]) + vy * float(target[1]),
-            "reward_heading": heading,
-            "reward_ctrl": -self.ctrl_cost_weight * float(np.dot(action, action)),
-            "reward_alive": fam.alive_bonus,
-        }
-        return sum(terms.values()), terms
-
-    def _costs(self, vx: float, vy: float) -> dict[str, float]:
+            norm = math.hypot(axes[0], axes[1])
+            heading = (vx * axes[0] + vy * axes[1]) / norm if norm > 1e-9 else 0.0
+        tx, ty = self._target_xy(x, y)
+        forward, ctrl = vx * tx + vy * ty, -self.ctrl_cost_weight * ctrl2
         speed = math.hypot(vx, vy)
-        x, y = float(self.data.qpos[0]), float(self.data.qpos[1])
-        c_vel = float(speed > self.spec_family.speed_limit)
-        c_reg = float(x >= self.region_x)
-        cost = c_vel if self.cost_type == "velocity" else c_reg
-        if self.cost_type == "both":
-            cost = max(c_vel, c_reg)
-        return {"cost": cost, "cost_velocity": c_vel, "cost_region": c_reg, "speed": speed,
-                "x_position": x, "y_position": y}  # fmt: skip
-
-    def _healthy(self) -> bool:
-        fam, z0 = self.spec_family, self.morph.torso_height
-        z = float(self.data.qpos[2])
-        # z-component of the torso's up axis: row 2 of the rotation matrix
-        up_z = float(self.data.xmat[self._torso, 6 + fam.up_axis])
-        tilt = math.acos(min(1.0, max(-1.0, up_z)))
+        c_vel, c_reg = float(speed > fam.speed_limit), float(x >= self.region_x)
+        kind = self.cost_type
+        cost = c_vel if kind == "velocity" else c_reg if kind == "region" else max(c_vel, c_reg)
+        info = {
+            "reward_forward": forward, "reward_heading": heading, "reward_ctrl": ctrl,
+            "reward_alive": fam.alive_bonus, "cost": cost, "cost_velocity": c_vel,
+            "cost_region": c_reg, "speed": speed, "x_position": x, "y_position": y,
+            "diverged": False,
+        }  # fmt: skip
+        # healthy: torso height in the family's band, tilt of its up axis (row 2) below the limit
+        tilt = math.acos(min(1.0, max(-1.0, axes[3 * fam.up_axis + 2])))
         lo, hi = fam.height_band
-        return lo * z0 < z < hi * z0 and tilt < fam.max_tilt
+        z0 = self.morph.torso_height
+        healthy = lo * z0 < z < hi * z0 and tilt < fam.max_tilt
+        return forward + heading + ctrl + fam.alive_bonus, not healthy, info
+
+    def _target_xy(self, x: float, y: float) -> tuple[float, float]:
+        """The horizontal unit target direction seen from torso position (x, y)."""
+        if self.task == "direction":
+            return self._target_2d
+        dx, dy = float(self._waypoint[0]) - x, float(self._waypoint[1]) - y
+        norm = math.hypot(dx, dy)
+        return self._target_2d if norm < 1e-9 else (dx / norm, dy / norm)
 
 
 def _as_slice(index: np.ndarray) -> slice | np.ndarray:

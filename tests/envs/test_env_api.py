@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 
@@ -158,3 +159,23 @@ def test_observation_after_step_describes_the_integrated_state(agent: str) -> No
     fresh.target_direction = env.target_direction
     fresh.set_state(env.data.qpos.copy(), env.data.qvel.copy())
     np.testing.assert_array_equal(fresh.observation(), obs)
+
+
+@pytest.mark.parametrize("agent", ["hopper_5", "cheetah_14"])
+def test_env_simulates_the_same_trajectory_as_a_bare_mj_step_loop(agent: str) -> None:
+    """Splitting the step (mj_step2 ... mj_step1) or refreshing sensors changes no state bit."""
+    env = envs.Locomotion3DEnv(agent)
+    env.reset(seed=0)
+    bare = mujoco.MjData(env.model)
+    bare.qpos[:], bare.qvel[:] = env.data.qpos, env.data.qvel
+    mujoco.mj_forward(env.model, bare)
+    rng = np.random.default_rng(0)
+    n = env.morph.num_limbs
+    for _ in range(50):
+        action = rng.uniform(-1, 1, env.action_space.shape)
+        env.step(action)
+        bare.ctrl[:] = action.reshape(-1, 3)[1:n].ravel()
+        mujoco.mj_step(env.model, bare, nstep=env.frame_skip)
+    np.testing.assert_array_equal(env.data.qpos, bare.qpos)
+    np.testing.assert_array_equal(env.data.qvel, bare.qvel)
+    assert env.data.time == bare.time
