@@ -294,7 +294,7 @@ class Locomotion3DEnv(gym.Env):
         self._st_pos = blocks[0].reshape(n, 3)
         self._st_torso = self._st_pos[0]
         self._st_vel = blocks[1].reshape(2 * n, 3)
-        self._speed = np.zeros(2 * n)
+        self._speed, self._vel_sq = np.zeros(2 * n), np.zeros((2 * n, 3))
         self._st_angle_norm, self._st_joint_vel = blocks[4], blocks[5]
         self._st_torso_frame = blocks[7]  # position, x axis, y axis, z axis (world frame)
 
@@ -313,7 +313,7 @@ class Locomotion3DEnv(gym.Env):
         np.minimum(np.maximum(v, -10.0, out=v), 10.0, out=v)
         # scale every velocity by 10 / max(10, |v|): norms clipped to 10, commutes with rotations
         vel, speed = self._st_vel, self._speed
-        np.einsum("vi,vi->v", vel, vel, out=speed)
+        np.add.reduce(np.square(vel, out=self._vel_sq), axis=1, out=speed)
         if not math.isfinite(np.add.reduce(speed)):
             return False
         np.divide(10.0, np.maximum(np.sqrt(speed, out=speed), 10.0, out=speed), out=speed)
@@ -447,7 +447,7 @@ class Locomotion3DEnv(gym.Env):
                 f"action must have shape {self.action_space.shape} "
                 f"({self.layout.max_limbs} limbs x 3 torques), got {a.shape}"
             )
-        ctrl2 = float(a @ a)
+        ctrl2 = float(np.add.reduce(np.square(a)))  # ufuncs only: their code is warm in a step
         if not math.isfinite(ctrl2) and not np.isfinite(a).all():  # exact test on overflow only
             raise ValueError("action contains NaN or Inf; expected finite torques in [-1, 1]")
         return a, ctrl2
