@@ -63,13 +63,21 @@ def bench_net(sizes, batch, eps, repeats, dense_repeats, device, seed=0) -> dict
         for _ in range(10 * repeats):  # cheap: more repeats, interleaved
             times["forward"].append(_time(lambda: net(x), device))
             times["ibp"].append(_time(lambda: compute_bounds(net, x, eps, "ibp"), device))
+        run_f, run_d = CrownStats(), CrownStats()  # stage times summed over the timed runs
         for r in range(repeats):
-            times["fast"].append(_time(lambda: compute_bounds(net, x, eps, "crown"), device))
+            times["fast"].append(
+                _time(lambda: compute_bounds(net, x, eps, "crown", stats=run_f), device)
+            )
             if r < dense_repeats:
                 times["dense"].append(
-                    _time(lambda: compute_bounds(net, x, eps, "crown", fast=False), device)
+                    _time(
+                        lambda: compute_bounds(net, x, eps, "crown", fast=False, stats=run_d),
+                        device,
+                    )
                 )
     med = {k: statistics.median(v) for k, v in times.items()}
+    stage_f = {k: v / repeats for k, v in run_f.seconds.items()}
+    stage_d = {k: v / dense_repeats for k, v in run_d.seconds.items()}
     return {
         "net": "-".join(map(str, sizes)),
         "batch": batch,
@@ -81,6 +89,11 @@ def bench_net(sizes, batch, eps, repeats, dense_repeats, device, seed=0) -> dict
         "ibp_over_forward": med["ibp"] / med["forward"],
         "max_abs_diff": diff,
         "rows_fraction": stats_f.intermediate_rows / max(stats_d.intermediate_rows, 1),
+        "fast_stage_ms": {k: 1e3 * v for k, v in stage_f.items()},
+        "dense_stage_ms": {k: 1e3 * v for k, v in stage_d.items()},
+        # what dense/fast could reach if the fast path's screen cost nothing (Amdahl): the
+        # final specification bound and the unstable rows remain
+        "ceiling_free_screen": med["dense"] / (stage_f["rows"] + stage_f["final"]),
     }
 
 
@@ -98,6 +111,23 @@ def gpu_throughput(sizes, eps, device, batch=4096, repeats=20) -> dict:
             )
             out[method] = batch / t
     return out
+
+
+def stage_table(rows: list[dict]) -> str:
+    """Where the time goes (mean ms per call): screen, intermediate rows, final bound."""
+    lines = [
+        "| network | path | screen ms | rows ms | final ms | dense/fast with a free screen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for path in ("fast", "dense"):
+            st = r[f"{path}_stage_ms"]
+            ceiling = f"{r['ceiling_free_screen']:.2f}x" if path == "fast" else ""
+            lines.append(
+                f"| {r['net']} | {path} | {st['screen']:.0f} | {st['rows']:.0f} | "
+                f"{st['final']:.0f} | {ceiling} |"
+            )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -136,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_net(s, batch, args.eps, repeats, dense_repeats, args.device) for s in nets]
     print(f"device={args.device} threads={args.threads} eps={args.eps} (medians)")
     print(table(rows))
+    print(stage_table(rows))
     result = {"device": args.device, "threads": args.threads, "eps": args.eps, "rows": rows}
     if args.device.startswith("cuda") and not args.quick:
         result["gpu_states_per_s_4096"] = {

@@ -25,7 +25,9 @@ The first affine layer on the input is bounded exactly and needs no backward pas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -41,10 +43,24 @@ Relax = tuple[Tensor, Tensor | None, Tensor, Tensor]
 
 @dataclass
 class CrownStats:
-    """Rows propagated backwards (for the benchmark): intermediate and total."""
+    """For the benchmark: rows propagated backwards (intermediate; final specification rows)
+    and wall-clock seconds per stage — ``screen`` (reference bounds), ``rows`` (backward bounds
+    of intermediate neurons), ``final`` (the specification). Stage times are host-side: exact
+    on CPU, indicative only on CUDA (kernels run asynchronously)."""
 
     intermediate_rows: int = 0
     dense_rows: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+STAGES = ("screen", "rows", "final")
+
+
+@contextmanager
+def _timed(stats: CrownStats, stage: str):
+    start = time.perf_counter()
+    yield
+    stats.seconds[stage] += time.perf_counter() - start
 
 
 def check_chain(graph: Graph, method: str) -> None:
@@ -123,13 +139,7 @@ def _rows_bounds(graph, i, idx, inp, relax) -> Interval:
 
 def _sub(inp: InputSet, relax: dict, sel) -> tuple[InputSet, dict]:
     """The input set and relaxations restricted to examples ``sel``."""
-    sub = InputSet(
-        inp.lo[sel],
-        inp.hi[sel],
-        inp.p,
-        None if inp.x0 is None else inp.x0[sel],
-        None if inp.eps is None else inp.eps[sel],
-    )
+    sub = _select(inp, sel)
     rel = {k: tuple(None if t is None else t[sel] for t in v) for k, v in relax.items()}
     return sub, rel
 
@@ -207,22 +217,46 @@ def crown_chain(
     stats = stats if stats is not None else CrownStats()
     use_sym = method == "crown" and _use_symbolic(graph, reference)
     B, D = inp.lo.shape
-    size = max(1, min(B, 2**24 // max(max(graph.widths) * D, 1))) if use_sym else B
-    outs = []
+    if not use_sym:
+        return _crown_chunk(graph, inp, C, method, fast, max_elems, stats, use_sym)
+    # symbolic states are padded to the chunk's largest count of noise symbols: chunks of
+    # examples with similar counts of unstable first-layer neurons waste less
+    size = max(1, min(B, 256, 2**24 // max(max(graph.widths) * D, 1)))
+    order = _by_first_layer_instability(graph, inp) if B > size else None
+    lo, hi = [], []
     for s in range(0, B, size):
-        sel = slice(s, min(s + size, B))
-        sub = InputSet(
-            inp.lo[sel],
-            inp.hi[sel],
-            inp.p,
-            None if inp.x0 is None else inp.x0[sel],
-            None if inp.eps is None else inp.eps[sel],
-        )
+        sel = order[s : s + size] if order is not None else slice(s, s + size)
+        sub = _select(inp, sel)
         Cs = C if C is None or C.dim() == 2 else C[sel]
-        outs.append(_crown_chunk(graph, sub, Cs, method, fast, max_elems, stats, use_sym))
-    if len(outs) == 1:
-        return outs[0]
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        out = _crown_chunk(graph, sub, Cs, method, fast, max_elems, stats, use_sym)
+        lo.append(out[0])
+        hi.append(out[1])
+    lower, upper = torch.cat(lo), torch.cat(hi)
+    if order is None:
+        return lower, upper
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(B, device=order.device)
+    return lower[inverse], upper[inverse]
+
+
+def _select(inp: InputSet, sel) -> InputSet:
+    return InputSet(
+        inp.lo[sel],
+        inp.hi[sel],
+        inp.p,
+        None if inp.x0 is None else inp.x0[sel],
+        None if inp.eps is None else inp.eps[sel],
+    )
+
+
+def _by_first_layer_instability(graph: Graph, inp: InputSet) -> Tensor | None:
+    """Examples sorted by their number of unstable neurons after the first affine layer."""
+    nodes, is_input = graph.nodes, input_rows(graph)
+    for i in range(1, len(nodes) - 1):
+        if nodes[i].op.kind == "affine" and is_input[i - 1]:
+            mask = nodes[i + 1].op.unstable(*exact_affine(nodes[i].op, inp))
+            return None if mask is None else torch.argsort(mask.sum(1))
+    return None
 
 
 def _use_symbolic(graph: Graph, reference: str) -> bool:
@@ -242,29 +276,35 @@ def _crown_chunk(graph, inp, C, method, fast, max_elems, stats, use_sym) -> Inte
     bounds: dict[int, Interval] = {0: (inp.lo, inp.hi)}
     relax: dict[int, Relax] = {}
     state = sym.start(inp) if use_sym else None
+    # the symbolic screen is only carried up to the last layer that feeds an activation
+    screened = [i for i in range(1, last) if nodes[i + 1].op.kind == "activation"]
+    sym_end = max(screened, default=0) if use_sym else 0
     for i in range(1, last + 1):
         op = nodes[i].op
         prev = bounds[i - 1]
-        if op.kind == "activation":
-            relax[i] = op.relax(*prev)
-            state = sym.activation(state, op, relax[i], prev) if use_sym else None
-        if op.kind == "reshape":
-            bounds[i] = prev
-            continue
-        if op.kind == "affine":
-            state = sym.affine(state, op) if use_sym else None
-            if is_input[i - 1]:
-                bounds[i] = exact_affine(op, inp)
+        with _timed(stats, "screen"):
+            if op.kind == "activation":
+                relax[i] = op.relax(*prev)
+                state = sym.activation(state, op, relax[i], prev) if i < sym_end else None
+            if op.kind == "reshape":
+                bounds[i] = prev
                 continue
-        ref = op.ibp(prev)
-        feeds_act = i < last and nodes[i + 1].op.kind == "activation"
-        if method == "crown" and feeds_act:
-            if use_sym:
+            if op.kind == "affine":
+                state = sym.affine(state, op) if i <= sym_end else None
+                if is_input[i - 1]:
+                    bounds[i] = exact_affine(op, inp)
+                    continue
+            ref = op.ibp(prev)
+            feeds_act = i < last and nodes[i + 1].op.kind == "activation"
+            if method == "crown" and feeds_act and state is not None:
                 s_lo, s_hi = sym.bounds(state, inp)
                 ref = torch.maximum(ref[0], s_lo), torch.minimum(ref[1], s_hi)
-            ref = _tighten(graph, i, ref, inp, relax, fast, max_elems, stats)
+        if method == "crown" and feeds_act:
+            with _timed(stats, "rows"):
+                ref = _tighten(graph, i, ref, inp, relax, fast, max_elems, stats)
         bounds[i] = ref
-    return _final(graph, last, inp, relax, C, stats)
+    with _timed(stats, "final"):
+        return _final(graph, last, inp, relax, C, stats)
 
 
 def _final(graph, last, inp, relax, C, stats) -> Interval:
