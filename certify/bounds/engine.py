@@ -31,6 +31,13 @@ def get_graph(model: nn.Module, x: Tensor) -> Graph:
     return graph
 
 
+def _all_finite(x: Tensor, e: Tensor) -> tuple[bool, bool]:
+    """Whether ``x`` is finite and ``e`` finite and non-negative, read back together."""
+    flags = torch.stack([torch.isfinite(x).all(), (torch.isfinite(e) & (e >= 0)).all()])
+    x_ok, e_ok = flags.tolist()
+    return x_ok, e_ok
+
+
 def _as_tensor(v, x: Tensor, what: str) -> Tensor:
     if isinstance(v, Real) and not isinstance(v, bool):
         return torch.tensor(float(v), dtype=x.dtype, device=x.device)
@@ -55,10 +62,11 @@ def make_input_set(x: Tensor, eps, norm: float, x_min, x_max) -> InputSet:
         raise TypeError("x must be a floating-point tensor of shape (B, features...)")
     if x.dim() < 2:
         raise ValueError(f"x must be batched with shape (B, features...), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or infinite values")
     e = _as_tensor(eps, x, "eps")
-    if torch.isnan(e).any() or (e < 0).any() or torch.isinf(e).any():
+    x_ok, e_ok = _all_finite(x, e)  # one host-device synchronisation on CUDA
+    if not x_ok:
+        raise ValueError("x contains NaN or infinite values")
+    if not e_ok:
         raise ValueError("eps must be finite and non-negative (got NaN, inf or a negative value)")
     e = _broadcast(e, x, "eps")
     B = x.shape[0]
