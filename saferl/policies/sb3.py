@@ -28,7 +28,11 @@ class ClippedAdam(torch.optim.Adam):
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
         super().__init__(params, lr=lr, **kw)
-        self.max_grad_norm = max_grad_norm
+        self.defaults["max_grad_norm"] = float(max_grad_norm)  # kept by pickle and deepcopy
+
+    @property
+    def max_grad_norm(self) -> float:
+        return self.defaults["max_grad_norm"]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]

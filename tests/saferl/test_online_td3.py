@@ -4,6 +4,8 @@ rotation invariant, and SB3's save/load and our safetensors checkpoint round-tri
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -41,12 +43,16 @@ def test_training_records_episodes_losses_and_evaluation(trained) -> None:
 
 
 def test_critic_loss_decreases_on_a_fixed_batch(trained) -> None:
-    model = trained.model
+    """TD targets move with the target nets, so a handful of steps can go either way: seeded
+    replay sampling and 100 steps (ratios 0.88-0.93 over seeds 0-3 when this was written)."""
+    model = copy.deepcopy(trained.model)  # later tests use the trained model as it was
+    np.random.seed(0)  # SB3's replay buffer samples with numpy's global generator
+    torch.manual_seed(0)
     batch = model.replay_buffer.sample(200)
     before = critic_td_loss(model, batch)
-    model.train(gradient_steps=20, batch_size=64)
+    model.train(gradient_steps=100, batch_size=120)
     after = critic_td_loss(model, batch)
-    assert after < before
+    assert after < 0.97 * before
 
 
 def test_trained_policy_is_rotation_invariant(trained) -> None:

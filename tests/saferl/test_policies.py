@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,16 @@ def test_sb3_policy_predicts_with_limb_nets() -> None:
     assert actions.shape == (12,)
     qs = policy.critic(scene(4, [3, 4]), torch.zeros(2, 12))
     assert len(qs) == 2 and qs[0].shape == (2, 1)
+
+
+def test_clipped_adam_clips_and_survives_copy() -> None:
+    from saferl.policies.sb3 import ClippedAdam
+
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = ClippedAdam([w], lr=1.0, max_grad_norm=0.5)
+    w.grad = torch.full((4,), 10.0)
+    opt.step()
+    assert torch.linalg.vector_norm(w.grad) == pytest.approx(0.5)  # clipped before the step
+    assert copy.deepcopy(opt).max_grad_norm == 0.5
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        ClippedAdam([w], max_grad_norm=0.0)
