@@ -149,19 +149,12 @@ class Locomotion3DEnv(gym.Env):
 
     # ------------------------------------------------------------------ construction helpers
     def _index_model(self) -> None:
-        """Body, qpos, qvel and actuator indices of every limb, in limb order."""
+        """Actuator indices and joint ranges of every limb, in limb order."""
         m, n = self.model, self.morph.num_limbs
-        self._body = np.array([m.body(limb.name).id for limb in self.morph.limbs])
-        self._torso = int(self._body[0])
-        qadr = np.zeros((n, 3), dtype=np.int64)
-        dadr = np.zeros((n, 3), dtype=np.int64)
         act = np.zeros((n, 3), dtype=np.int64)
         for i, limb in enumerate(self.morph.limbs[1:], start=1):
             for k, axis in enumerate("xyz"):
-                joint = m.joint(f"{limb.name}_{axis}")
-                qadr[i, k], dadr[i, k] = joint.qposadr[0], joint.dofadr[0]
                 act[i, k] = m.actuator(f"{limb.name}_{axis}_motor").id
-        self._qadr, self._dadr = _as_slice(qadr[1:].ravel()), _as_slice(dadr[1:].ravel())
         # action row l -> actuator ids; rows 1..n-1 are real, in actuator order
         self._act_rows = _as_slice(act[1:].ravel())
         self._act_slots = slice(ACTIONS_PER_LIMB, n * ACTIONS_PER_LIMB)
@@ -292,7 +285,6 @@ class Locomotion3DEnv(gym.Env):
         blocks = np.split(self._stage, np.cumsum([3 * n, 6 * n, 9 * n, m, m, m, n]))
         self._st_obs = self._stage[: len(self._dst)]
         self._st_pos = blocks[0].reshape(n, 3)
-        self._st_torso = self._st_pos[0]
         self._st_vel = blocks[1].reshape(2 * n, 3)
         self._speed, self._vel_sq = np.zeros(2 * n), np.zeros((2 * n, 3))
         self._st_angle_norm, self._st_joint_vel = blocks[4], blocks[5]
@@ -453,11 +445,9 @@ class Locomotion3DEnv(gym.Env):
         return a, ctrl2
 
     def _current_target(self) -> np.ndarray:
-        if self.task == "direction":
-            return self._target
-        delta = self._waypoint - self.data.qpos[:2]
-        norm = np.linalg.norm(delta)
-        return self._target if norm < 1e-9 else np.array([delta[0] / norm, delta[1] / norm, 0.0])
+        """The target direction as a 3-vector, from the torso's current position."""
+        tx, ty = self._target_xy(*self.data.qpos[:2].tolist())
+        return np.array([tx, ty, 0.0])
 
     def _update_waypoint(self) -> None:
         if np.linalg.norm(self._waypoint - self.data.qpos[:2]) < 1.0:

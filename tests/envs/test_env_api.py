@@ -179,3 +179,19 @@ def test_env_simulates_the_same_trajectory_as_a_bare_mj_step_loop(agent: str) ->
     np.testing.assert_array_equal(env.data.qpos, bare.qpos)
     np.testing.assert_array_equal(env.data.qvel, bare.qvel)
     assert env.data.time == bare.time
+
+
+def test_out_of_range_actions_are_clamped_by_mujoco() -> None:
+    """Torques beyond [-1, 1] act as the clipped ones; the control cost sees the action given."""
+    rng = np.random.default_rng(0)
+    action = 3.0 * rng.uniform(-1, 1, envs.Locomotion3DEnv("walker_5").action_space.shape)
+    runs = []
+    for a in (action, np.clip(action, -1.0, 1.0)):
+        env = envs.Locomotion3DEnv("walker_5")
+        env.reset(seed=0)
+        obs, _, _, _, info = env.step(a)
+        runs.append((obs, env.data.qpos.copy(), info["reward_ctrl"]))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert runs[0][2] == pytest.approx(-1e-3 * float(action @ action))
+    assert runs[0][2] < runs[1][2]
