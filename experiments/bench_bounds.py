@@ -5,7 +5,8 @@ eps = 0.01, l_inf) and a batch of states it times, in one run and interleaved, m
 repeats: a plain forward pass, IBP, fast CROWN (intermediate bounds only for unstable neurons) and
 the dense reference CROWN (full A matrices). It checks fast == dense (max abs difference) and
 prints the ratios dense/fast and IBP/forward plus the fraction of neurons that needed backward
-bounds. On a GPU it also reports states/s at batch 4096.
+bounds, then where each path spends its time (screen, intermediate rows, final bound) and the
+dense/fast ratio a free screen would allow. On a GPU it also reports states/s at batch 4096.
 
     python experiments/bench_bounds.py            # full (CPU: minutes)
     python experiments/bench_bounds.py --quick    # tiny, for the test suite
