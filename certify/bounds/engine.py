@@ -31,8 +31,10 @@ def get_graph(model: nn.Module, x: Tensor) -> Graph:
     return graph
 
 
-def _all_finite(x: Tensor, e: Tensor) -> tuple[bool, bool]:
+def _all_finite(x: Tensor, e: Tensor | float) -> tuple[bool, bool]:
     """Whether ``x`` is finite and ``e`` finite and non-negative, read back together."""
+    if not isinstance(e, Tensor):
+        return bool(torch.isfinite(x).all()), math.isfinite(e) and e >= 0
     flags = torch.stack([torch.isfinite(x).all(), (torch.isfinite(e) & (e >= 0)).all()])
     x_ok, e_ok = flags.tolist()
     return x_ok, e_ok
@@ -62,14 +64,18 @@ def make_input_set(x: Tensor, eps, norm: float, x_min, x_max) -> InputSet:
         raise TypeError("x must be a floating-point tensor of shape (B, features...)")
     if x.dim() < 2:
         raise ValueError(f"x must be batched with shape (B, features...), got {tuple(x.shape)}")
-    e = _as_tensor(eps, x, "eps")
+    scalar = isinstance(eps, Real) and not isinstance(eps, bool)
+    e = eps if scalar else _as_tensor(eps, x, "eps")
     x_ok, e_ok = _all_finite(x, e)  # one host-device synchronisation on CUDA
     if not x_ok:
         raise ValueError("x contains NaN or infinite values")
     if not e_ok:
         raise ValueError("eps must be finite and non-negative (got NaN, inf or a negative value)")
-    e = _broadcast(e, x, "eps")
     B = x.shape[0]
+    if norm == math.inf and scalar and x_min is None and x_max is None:
+        lo, hi = x - e, x + e  # no broadcast tensor needed for a float radius
+        return InputSet(lo.reshape(B, -1), hi.reshape(B, -1))
+    e = _broadcast(_as_tensor(e, x, "eps") if scalar else e, x, "eps")
     if norm == math.inf:
         lo, hi = x - e, x + e
         if x_min is not None or x_max is not None:

@@ -73,6 +73,22 @@ class Affine(Op):
             self._half_cache = cache
         return cache[1], cache[2]
 
+    def stacked(self) -> tuple[Tensor, Tensor | None]:
+        """``[[W+^T, W-^T], [W-^T, W+^T]]`` (2 in, 2 out) and ``[b, b]``: one product maps
+        ``[l, u]`` to the exact box of ``W x + b``. Cached like :meth:`_halves` (no grad)."""
+        w, b = self.weight, self.bias
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        key += (None,) if b is None else (b._version, b.data_ptr())
+        cache = getattr(self, "_stack_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                pos, neg = w.clamp(min=0).T, w.clamp(max=0).T
+                M = torch.cat([torch.cat([pos, neg], 1), torch.cat([neg, pos], 1)], 0)
+                bb = None if b is None else torch.cat([b, b]).detach()
+            cache = (key, M.contiguous(), bb)
+            self._stack_cache = cache
+        return cache[1], cache[2]
+
     @property
     def bias_or_zero(self) -> Tensor:
         if self.bias is None:

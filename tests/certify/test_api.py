@@ -182,3 +182,44 @@ def test_certify_imports_nothing_from_saferl_or_envs() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.lists(st.integers(1, 12), min_size=0, max_size=3),
+    st.booleans(),
+    st.booleans(),
+)
+def test_stacked_ibp_chain_equals_the_in_place_chain(seed, hidden, with_c, no_bias) -> None:
+    """The one-product-per-layer IBP (used on CUDA) gives the in-place chain's bounds; checked on
+    CPU by calling both directly."""
+    from certify.bounds import get_graph
+    from certify.bounds.engine import make_input_set
+    from certify.bounds.ibp import _chain_inplace, _chain_stacked, _stackable
+
+    torch.manual_seed(seed)
+    sizes = [5, *hidden, 3]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=not no_bias))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    net = nn.Sequential(*layers).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    C = torch.randn(2, 3, dtype=torch.float64) if with_c else None
+    graph = get_graph(net, x)
+    assert _stackable(graph)
+    with torch.no_grad():
+        inp = make_input_set(x, 0.2, math.inf, None, None)
+        ref = _chain_inplace(graph, inp, x.shape, C)
+        got = _chain_stacked(graph, make_input_set(x, 0.2, math.inf, None, None), C)
+    torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
+
+
+def test_stacked_ibp_is_not_used_for_other_activations() -> None:
+    from certify.bounds import get_graph
+    from certify.bounds.ibp import _stackable
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    assert not _stackable(get_graph(net, torch.randn(2, 3)))
