@@ -223,3 +223,18 @@ def test_stacked_ibp_is_not_used_for_other_activations() -> None:
 
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
     assert not _stackable(get_graph(net, torch.randn(2, 3)))
+
+
+def test_crown_chunks_sorted_by_instability_keep_the_batch_order() -> None:
+    """Above 256 states CROWN works in chunks of examples sorted by instability; the bounds come
+    back in the caller's order (compared with small batches that are not reordered)."""
+    torch.manual_seed(0)
+    net = mlp([4, 16, 16, 3], ["relu"])
+    x = torch.randn(300, 4)
+    C = torch.randn(300, 2, 3)
+    with torch.no_grad():
+        lo, hi = compute_bounds(net, x, 0.3, method="crown", C=C)
+        parts = [compute_bounds(net, x[s : s + 50], 0.3, "crown", C=C[s : s + 50]) for s in
+                 range(0, 300, 50)]  # fmt: skip
+    torch.testing.assert_close(lo, torch.cat([p[0] for p in parts]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hi, torch.cat([p[1] for p in parts]), atol=1e-5, rtol=1e-5)
