@@ -31,7 +31,12 @@ class InputSet:
 
 
 def concretize_lower(A: Tensor, const: Tensor, inp: InputSet, gather) -> Tensor:
-    """min over the set of ``A x + const``; A is (..., D), ``gather`` aligns (B, D) rows to A."""
+    """min over the set of ``A x + const``; A is (..., D), ``gather`` aligns (B, D) rows to A.
+
+    A 2-D ``A`` (n, D) is shared by every example: the result is (B, n), by matrix products.
+    """
+    if A.dim() == 2:
+        return _concretize_shared(A, const, inp)
     if inp.is_box:
         c, r = (inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2
         if A.dim() == 3 and gather(c).dim() == 3:
@@ -42,3 +47,13 @@ def concretize_lower(A: Tensor, const: Tensor, inp: InputSet, gather) -> Tensor:
     q = 1.0 / (1.0 - 1.0 / inp.p) if inp.p > 1 else math.inf
     dual = A.abs().amax(-1) if q == math.inf else torch.linalg.vector_norm(A, ord=q, dim=-1)
     return const + (A * gather(inp.x0)).sum(-1) - gather(inp.eps).squeeze(-1) * dual
+
+
+def _concretize_shared(A: Tensor, const: Tensor, inp: InputSet) -> Tensor:
+    """min over the set of ``A x + const`` for every example, with one (n, D) matrix ``A``."""
+    if inp.is_box:
+        c, r = (inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2
+        return const + c @ A.T - r @ A.abs().T
+    q = 1.0 / (1.0 - 1.0 / inp.p) if inp.p > 1 else math.inf
+    dual = A.abs().amax(-1) if q == math.inf else torch.linalg.vector_norm(A, ord=q, dim=-1)
+    return const + inp.x0 @ A.T - inp.eps * dual
