@@ -44,8 +44,7 @@ def concretize_lower(A: Tensor, const: Tensor, inp: InputSet, gather) -> Tensor:
                 const + (A @ c.unsqueeze(-1)).squeeze(-1) - (A.abs() @ r.unsqueeze(-1)).squeeze(-1)
             )
         return const + (A * gather(c)).sum(-1) - (A.abs() * gather(r)).sum(-1)
-    q = 1.0 / (1.0 - 1.0 / inp.p) if inp.p > 1 else math.inf
-    dual = A.abs().amax(-1) if q == math.inf else torch.linalg.vector_norm(A, ord=q, dim=-1)
+    dual = _dual_norm(A, inp.p)
     return const + (A * gather(inp.x0)).sum(-1) - gather(inp.eps).squeeze(-1) * dual
 
 
@@ -54,6 +53,11 @@ def _concretize_shared(A: Tensor, const: Tensor, inp: InputSet) -> Tensor:
     if inp.is_box:
         c, r = (inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2
         return const + c @ A.T - r @ A.abs().T
-    q = 1.0 / (1.0 - 1.0 / inp.p) if inp.p > 1 else math.inf
-    dual = A.abs().amax(-1) if q == math.inf else torch.linalg.vector_norm(A, ord=q, dim=-1)
+    dual = _dual_norm(A, inp.p)
     return const + inp.x0 @ A.T - inp.eps * dual
+
+
+def _dual_norm(A: Tensor, p: float) -> Tensor:
+    """Row norms of ``A`` in the dual of l_p (Hölder): l_q with 1/p + 1/q = 1."""
+    q = 1.0 / (1.0 - 1.0 / p) if p > 1 else math.inf
+    return A.abs().amax(-1) if q == math.inf else torch.linalg.vector_norm(A, ord=q, dim=-1)
