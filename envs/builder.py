@@ -78,27 +78,47 @@ def _actuators_xml(morph: Morphology) -> str:
     return "\n".join(lines)
 
 
-SENSORS_PER_LIMB = ("framepos", "framelinvel", "frameangvel", "framexaxis", "frameyaxis",
-                    "framezaxis")  # fmt: skip
-"""World-frame sensors of every limb's body frame, in this order, limb after limb: position,
-linear and angular velocity, and the three axes. After them come ``jointpos`` then ``jointvel``
-of every hinge (limb order, x y z), so ``sensordata`` alone holds everything an observation
-reads and one gather fills it."""
+FRAME_SENSORS = {
+    "pos": "framepos", "linvel": "framelinvel", "angvel": "frameangvel",
+    "xaxis": "framexaxis", "yaxis": "frameyaxis", "zaxis": "framezaxis",
+}  # fmt: skip
+"""World-frame sensors of every limb's *body* frame (MuJoCo ``objtype="xbody"``: the frame of
+``data.xpos``/``data.xmat``, not the inertial frame), named ``<limb>:<key>``. Hinges add
+``<limb>_<axis>:angle`` and ``<limb>_<axis>:velocity``. With these ``sensordata`` holds every
+number an observation reads except the hinge axes (``data.xaxis``)."""
+
+
+def frame_sensor(limb: str, key: str) -> str:
+    """Name of the frame sensor ``key`` (a key of :data:`FRAME_SENSORS`) of a limb."""
+    return f"{limb}:{key}"
+
+
+def joint_sensor(limb: str, axis: str, key: str) -> str:
+    """Name of the ``"angle"`` or ``"velocity"`` sensor of a limb's ``axis`` hinge."""
+    return f"{limb}_{axis}:{key}"
 
 
 def _sensors_xml(morph: Morphology) -> str:
     frames = [
-        f'    <{kind} objtype="body" objname="{limb.name}"/>'
+        f'    <{kind} name="{frame_sensor(limb.name, key)}" objtype="xbody" objname="{limb.name}"/>'
         for limb in morph.limbs
-        for kind in SENSORS_PER_LIMB
+        for key, kind in FRAME_SENSORS.items()
     ]
     joints = [
-        f'    <{kind} joint="{limb.name}_{axis}"/>'
-        for kind in ("jointpos", "jointvel")
+        f'    <{kind} name="{joint_sensor(limb.name, axis, key)}" joint="{limb.name}_{axis}"/>'
+        for key, kind in (("angle", "jointpos"), ("velocity", "jointvel"))
         for limb in morph.limbs[1:]
         for axis in "xyz"
     ]
     return "\n".join(frames + joints)
+
+
+def sensor_map(model: mujoco.MjModel) -> dict[str, np.ndarray]:
+    """Every named sensor's indices into ``data.sensordata``, by name."""
+    return {
+        model.sensor(i).name: np.arange(adr, adr + dim)
+        for i, (adr, dim) in enumerate(zip(model.sensor_adr, model.sensor_dim, strict=True))
+    }
 
 
 def to_mjcf(morph: Morphology, physics: PhysicsSettings | None = None) -> str:

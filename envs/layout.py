@@ -25,14 +25,14 @@ MAX_LIMBS = 14
 """Bodies of the largest catalogue agent (cheetah_14); the default padding of the flat view."""
 
 VECTOR_NAMES = (
-    "position",  # limb origin minus torso origin (world frame)
+    "position",  # limb body origin minus torso origin (data.xpos, world frame)
     "gravity",  # unit gravity direction, (0, 0, -1)
     "target",  # unit horizontal target direction
     "linear_velocity",  # limb origin velocity, norm clipped to 10
     "angular_velocity",  # limb angular velocity (world frame), norm clipped to 10
-    "axis_x",  # world-frame axis of the limb's x hinge (torso: body x axis)
-    "axis_y",
-    "axis_z",
+    "axis_x",  # world-frame axis of the limb's x hinge, MuJoCo's data.xaxis (torso: body x axis)
+    "axis_y",  # y hinge axis (turned by the x hinge before it)
+    "axis_z",  # z hinge axis (turned by the x and y hinges before it)
 )
 SCALAR_NAMES = (
     "angle_x", "angle_y", "angle_z",  # hinge angles (rad); 0 for the torso
@@ -48,6 +48,35 @@ SCALAR_NAMES = (
 )  # fmt: skip
 NUM_VECTORS = len(VECTOR_NAMES)
 NUM_SCALARS = len(SCALAR_NAMES)
+VECTOR_INDEX = {name: i for i, name in enumerate(VECTOR_NAMES)}
+SCALAR_INDEX = {name: i for i, name in enumerate(SCALAR_NAMES)}
+
+
+def xyz(prefix: str) -> tuple[str, str, str]:
+    """The names of a per-hinge field, e.g. ``xyz("axis") == ("axis_x", "axis_y", "axis_z")``."""
+    return (f"{prefix}_x", f"{prefix}_y", f"{prefix}_z")
+
+
+def _span(names: tuple[str, ...], index: dict[str, int], kind: str) -> slice:
+    cols = []
+    for name in names:
+        if name not in index:
+            raise KeyError(f"unknown {kind} field {name!r}; expected one of {tuple(index)}")
+        cols.append(index[name])
+    if not cols or cols != list(range(cols[0], cols[0] + len(cols))):
+        raise ValueError(f"{kind} fields {names} are not adjacent in the layout")
+    return slice(cols[0], cols[0] + len(cols))
+
+
+def vector_slice(*names: str) -> slice:
+    """The columns of adjacent vector fields, e.g. ``vector_slice(*xyz("axis"))``."""
+    return _span(names, VECTOR_INDEX, "vector")
+
+
+def scalar_slice(*names: str) -> slice:
+    """The columns of adjacent scalar fields, e.g. ``scalar_slice(*xyz("angle"))``."""
+    return _span(names, SCALAR_INDEX, "scalar")
+
 PER_LIMB = NUM_VECTORS * 3 + NUM_SCALARS + 2
 ACTIONS_PER_LIMB = 3
 

@@ -15,15 +15,20 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from envs.builder import build_model
+from envs.builder import build_model, frame_sensor, joint_sensor, sensor_map
 from envs.catalogue import FAMILIES, FamilySpec, get_morphology
 from envs.layout import (
     ACTIONS_PER_LIMB,
     MAX_LIMBS,
     NUM_SCALARS,
     NUM_VECTORS,
+    SCALAR_INDEX,
+    VECTOR_INDEX,
     ObsLayout,
     decode_flat,
+    scalar_slice,
+    vector_slice,
+    xyz,
 )
 from envs.morphology import Morphology
 from envs.symmetry import quat_mul, quat_z
@@ -31,6 +36,9 @@ from envs.symmetry import quat_mul, quat_z
 COST_TYPES = ("velocity", "region", "both")
 TASKS = ("direction", "waypoint")
 _GRAVITY = np.array([0.0, 0.0, -1.0])
+_AXES = vector_slice(*xyz("axis"))
+_VELOCITIES = vector_slice("linear_velocity", "angular_velocity")
+_TORSO_AXES = ("xaxis", "yaxis", "zaxis")
 _INSTABILITY = (
     mujoco.mjtWarning.mjWARN_BADQPOS,
     mujoco.mjtWarning.mjWARN_BADQVEL,
@@ -168,13 +176,14 @@ class Locomotion3DEnv(gym.Env):
         gears = np.array([limb.gears for limb in morph.limbs], dtype=float) / 100.0
         gears[0] = 0.0
         static = np.zeros((n, NUM_SCALARS))
-        static[:, 6:9] = self._ranges[:, :, 0]
-        static[:, 9:12] = self._ranges[:, :, 1]
-        static[:, 12:15] = gears
-        static[np.arange(n), 15 + depth] = 1.0
-        static[:, 19] = morph.is_leaf()
-        static[:, 21] = [limb.length for limb in morph.limbs]
-        static[:, 22] = [limb.radius for limb in morph.limbs]
+        static[:, scalar_slice(*xyz("range_lo"))] = self._ranges[:, :, 0]
+        static[:, scalar_slice(*xyz("range_hi"))] = self._ranges[:, :, 1]
+        static[:, scalar_slice(*xyz("gear"))] = gears
+        depth_cols = scalar_slice("depth_0", "depth_1", "depth_2", "depth_3plus")
+        static[np.arange(n), depth_cols.start + depth] = 1.0
+        static[:, SCALAR_INDEX["is_leaf"]] = morph.is_leaf()
+        static[:, SCALAR_INDEX["length"]] = [limb.length for limb in morph.limbs]
+        static[:, SCALAR_INDEX["radius"]] = [limb.radius for limb in morph.limbs]
         return static
 
     def _make_observation_space(self) -> spaces.Space:
@@ -205,7 +214,7 @@ class Locomotion3DEnv(gym.Env):
             raise ValueError("target_direction must have a non-zero horizontal part")
         self._target = d / norm
         self._target_2d = (float(self._target[0]), float(self._target[1]))
-        self._vec[:, 2] = self._target
+        self._vec[:, VECTOR_INDEX["target"]] = self._target
         if self.task == "waypoint":
             self._waypoint = self.data.qpos[:2] + 15.0 * self._target[:2]
 
@@ -241,7 +250,7 @@ class Locomotion3DEnv(gym.Env):
         n = self.morph.num_limbs
         self._flat = np.zeros(self.layout.flat_dim, dtype=np.float32)
         self._views = decode_flat(self._flat)
-        self._views["vectors"][:n, 1] = _GRAVITY
+        self._views["vectors"][:n, VECTOR_INDEX["gravity"]] = _GRAVITY
         self._views["scalars"][:n] = self._static
         self._views["mask"][:n] = 1.0
         self._views["parents"][:] = -1.0
@@ -252,43 +261,59 @@ class Locomotion3DEnv(gym.Env):
         self._init_gather()
 
     def _init_gather(self) -> None:
-        """Index maps of the one gather ``sensordata -> stage -> flat`` behind an observation.
+        """Index maps of the gather ``(data.xaxis, sensordata) -> stage -> flat`` behind an
+        observation, built from the sensors' and the layout's names.
 
-        ``sensordata`` holds every dynamic number (see :data:`envs.builder.SENSORS_PER_LIMB`).
-        The float64 stage holds, in blocks kept as views: limb positions (n, 3), linear and
-        angular velocities (2n, 3), axes (3n, 3), hinge angles, normalised hinge angles and hinge
-        velocities (3(n-1) each), limb heights (n) — the ``_dst`` slots of the flat view — and,
-        for the reward, the torso's position and axes (12). An observation is then a handful of
-        whole-array operations (a step is dominated by how many there are, not their size).
+        ``sensordata`` holds every dynamic number but the hinge axes (see
+        :data:`envs.builder.FRAME_SENSORS`); those are ``data.xaxis`` of the limbs' joints. The
+        float64 stage holds, in blocks kept as views: hinge axes of limbs 1.. (9(n-1)), limb
+        positions (3n), linear and angular velocities (6n), the torso's body axes (9), hinge
+        angles, normalised hinge angles and hinge velocities (3(n-1) each), limb heights (n) —
+        the ``_dst`` slots of the flat view — and, for the reward, the torso's position and axes
+        (12). An observation is then two gathers and a handful of whole-array operations (a
+        step is dominated by how many there are, not their size).
         """
-        n, m = self.morph.num_limbs, 3 * (self.morph.num_limbs - 1)
-        adr = self.model.sensor_adr
+        morph, model = self.morph, self.model
+        n, m = morph.num_limbs, 3 * (morph.num_limbs - 1)
+        sensors = sensor_map(model)
+        limbs = [limb.name for limb in morph.limbs]
 
-        def frame(limbs: range, kinds: tuple[int, ...]) -> list[int]:
-            return [adr[6 * l + k] + c for l in limbs for k in kinds for c in range(3)]
+        def frame(names: list[str], keys: tuple[str, ...]) -> list[int]:
+            return [int(i) for nm in names for k in keys for i in sensors[frame_sensor(nm, k)]]
 
-        joint_pos = [adr[6 * n + j] for j in range(m)]
-        joint_vel = [adr[6 * n + m + j] for j in range(m)]
-        height = [adr[6 * l] + 2 for l in range(n)]
-        limbs = range(n)
+        def joints(key: str) -> list[int]:
+            return [
+                int(sensors[joint_sensor(nm, a, key)][0]) for nm in limbs[1:] for a in "xyz"
+            ]
+
+        hinges = [model.joint(f"{nm}_{a}").id for nm in limbs[1:] for a in "xyz"]
+        self._axis_src = (3 * np.asarray(hinges, dtype=np.int64)[:, None] + np.arange(3)).ravel()
+        self._xaxis_flat = self.data.xaxis.reshape(-1)  # a view of MuJoCo's buffer
+        angles = joints("angle")
         self._src = np.array(
-            frame(limbs, (0,)) + frame(limbs, (1, 2)) + frame(limbs, (3, 4, 5))
-            + joint_pos * 2 + joint_vel + height + frame(range(1), (0, 3, 4, 5))
+            frame(limbs, ("pos",)) + frame(limbs, ("linvel", "angvel"))
+            + frame(limbs[:1], _TORSO_AXES) + angles * 2 + joints("velocity")
+            + [frame([nm], ("pos",))[2] for nm in limbs] + frame(limbs[:1], ("pos", *_TORSO_AXES))
         )  # fmt: skip
         where = decode_flat(np.arange(self.layout.flat_dim))  # flat index of every slot
         vec, sca = where["vectors"][:n], where["scalars"][:n]
         self._dst = np.concatenate([
-            vec[:, 0].ravel(), vec[:, 3:5].ravel(), vec[:, 5:8].ravel(), sca[1:, 0:3].ravel(),
-            sca[1:, 3:6].ravel(), sca[1:, 23:26].ravel(), sca[:, 20].ravel(),
+            vec[1:, _AXES].ravel(), vec[:, VECTOR_INDEX["position"]].ravel(),
+            vec[:, _VELOCITIES].ravel(), vec[0, _AXES].ravel(),
+            sca[1:, scalar_slice(*xyz("angle"))].ravel(),
+            sca[1:, scalar_slice(*xyz("angle_norm"))].ravel(),
+            sca[1:, scalar_slice(*xyz("joint_vel"))].ravel(), sca[:, SCALAR_INDEX["height"]],
         ])  # fmt: skip
-        self._stage = np.zeros(len(self._src))
-        blocks = np.split(self._stage, np.cumsum([3 * n, 6 * n, 9 * n, m, m, m, n]))
+        k = 3 * m  # the hinge-axis block, filled from data.xaxis
+        self._stage = np.zeros(k + len(self._src))
+        self._st_axes, self._st_sensors = self._stage[:k], self._stage[k:]
+        blocks = np.split(self._stage, np.cumsum([k, 3 * n, 6 * n, 9, m, m, m, n]))
         self._st_obs = self._stage[: len(self._dst)]
-        self._st_pos = blocks[0].reshape(n, 3)
-        self._st_vel = blocks[1].reshape(2 * n, 3)
+        self._st_pos = blocks[1].reshape(n, 3)
+        self._st_vel = blocks[2].reshape(2 * n, 3)
         self._speed, self._vel_sq = np.zeros(2 * n), np.zeros((2 * n, 3))
-        self._st_angle_norm, self._st_joint_vel = blocks[4], blocks[5]
-        self._st_torso_frame = blocks[7]  # position, x axis, y axis, z axis (world frame)
+        self._st_angle_norm, self._st_joint_vel = blocks[5], blocks[6]
+        self._st_torso_frame = blocks[8]  # position, x axis, y axis, z axis (world frame)
 
     def _read_state(self) -> bool:
         """Gather and transform the current state into the stage; False if it is not finite.
@@ -296,7 +321,8 @@ class Locomotion3DEnv(gym.Env):
         A non-finite position shows in the velocities (MuJoCo derives them from the frames), so
         a sum over the squared speeds screens for both.
         """
-        np.take(self._sensordata, self._src, out=self._stage)
+        np.take(self._sensordata, self._src, out=self._st_sensors)
+        np.take(self._xaxis_flat, self._axis_src, out=self._st_axes)
         pos = self._st_pos
         np.subtract(pos, self._st_torso_frame[:3], out=pos)  # relative to the torso
         a = self._st_angle_norm
@@ -319,7 +345,7 @@ class Locomotion3DEnv(gym.Env):
 
     def _put_observation(self) -> None:
         if self.task == "waypoint":
-            self._vec[:, 2] = self._current_target()
+            self._vec[:, VECTOR_INDEX["target"]] = self._current_target()
         self._flat[self._dst] = self._st_obs
 
     def _copy_observation(self) -> Any:
@@ -351,7 +377,9 @@ class Locomotion3DEnv(gym.Env):
         self._ctrl[self._act_rows] = act[self._act_slots]  # MuJoCo clamps to ctrlrange [-1, 1]
         self._advance()
         if self._diverged(t0) or not self._read_state():
-            return self._last_obs, 0.0, True, False, {"diverged": True, "cost": 0.0}
+            last = self._last_obs
+            obs = {k: v.copy() for k, v in last.items()} if isinstance(last, dict) else last.copy()
+            return obs, 0.0, True, False, {"diverged": True, "cost": 0.0}
         self._put_observation()
         obs = self._last_obs = self._copy_observation()
         (x0, y0), (x, y, z, *axes) = self._xy, self._st_torso_frame.tolist()

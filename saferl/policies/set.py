@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from envs.layout import NUM_SCALARS, NUM_VECTORS, ObsLayout
+from envs.layout import NUM_SCALARS, NUM_VECTORS, VECTOR_INDEX, ObsLayout, vector_slice, xyz
 from saferl.policies.graph import (
     GraphBias,
     graph_view,
@@ -37,10 +37,10 @@ from saferl.policies.graph import (
     masked_softmax_attention,
 )
 
-GRAVITY, TARGET = 1, 2
+GRAVITY, TARGET = VECTOR_INDEX["gravity"], VECTOR_INDEX["target"]
 """Indices of g and d among the limb vectors (``envs.layout.VECTOR_NAMES``)."""
-AXES = slice(5, 8)
-"""Indices of the three hinge axes among the limb vectors."""
+AXES = vector_slice(*xyz("axis"))
+"""Indices of the three hinge axes (x, y, z: MuJoCo's ``data.xaxis``) among the limb vectors."""
 
 
 @dataclass
