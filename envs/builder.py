@@ -32,20 +32,27 @@ def _fmt(values: np.ndarray | tuple[float, ...]) -> str:
     return " ".join(f"{float(v):.6g}" for v in values)
 
 
+def _mass(limb: Limb) -> str:
+    return "" if limb.mass is None else f' mass="{limb.mass:.6g}"'
+
+
 def _limb_xml(morph: Morphology, index: int, children: dict[int, list[int]], indent: int) -> str:
     limb: Limb = morph.limbs[index]
     pad = "  " * indent
     lines = [f'{pad}<body name="{limb.name}" pos="{_fmt(limb.anchor)}">']
+    extra = f' stiffness="{limb.stiffness:.6g}"' if limb.stiffness else ""
+    if limb.damping is not None:
+        extra += f' damping="{limb.damping:.6g}"'
     for axis, name, (lo, hi) in zip(
         ("1 0 0", "0 1 0", "0 0 1"), "xyz", limb.joint_ranges, strict=True
     ):
         lines.append(
             f'{pad}  <joint name="{limb.name}_{name}" type="hinge" axis="{axis}" '
-            f'range="{lo:.6g} {hi:.6g}"/>'
+            f'range="{lo:.6g} {hi:.6g}"{extra}/>'
         )
     lines.append(
         f'{pad}  <geom name="{limb.name}_geom" type="capsule" '
-        f'fromto="0 0 0 {_fmt(limb.end_point())}" size="{limb.radius:.6g}"/>'
+        f'fromto="0 0 0 {_fmt(limb.end_point())}" size="{limb.radius:.6g}"{_mass(limb)}/>'
     )
     for child in children.get(index, []):
         lines.append(_limb_xml(morph, child, children, indent + 1))
@@ -61,7 +68,7 @@ def _torso_xml(morph: Morphology, children: dict[int, list[int]]) -> str:
         f'    <body name="{torso.name}" pos="0 0 {morph.torso_height:.6g}">\n'
         f'      <freejoint name="root"/>\n'
         f'      <geom name="{torso.name}_geom" type="capsule" fromto="{_fmt(-half)} {_fmt(half)}" '
-        f'size="{torso.radius:.6g}"/>\n'
+        f'size="{torso.radius:.6g}"{_mass(torso)}/>\n'
         f"{inner}\n"
         f"    </body>"
     )

@@ -88,7 +88,8 @@ class Locomotion3DEnv(gym.Env):
 
     ## Episode End
     Terminated when the torso height leaves the family's band, the torso tilts beyond the
-    family's limit, or the simulation diverges (non-finite state or MuJoCo's bad qpos/qvel/qacc
+    family's limit, the agent stands still (cheetah: ``|qvel|² ≤ 1`` for ``stall_steps``
+    consecutive steps, then ``info["stalled"] = True``), or the simulation diverges (non-finite state or MuJoCo's bad qpos/qvel/qacc
     warning, after which MuJoCo resets the state): then ``info["diverged"] = True``, the reward
     is 0 and the last finite observation is returned.
     Truncated by the TimeLimit wrapper after 1000 steps.
@@ -147,6 +148,7 @@ class Locomotion3DEnv(gym.Env):
         self._target = np.array([1.0, 0.0, 0.0])
         self._target_2d = (1.0, 0.0)
         self._xy = (float(self.data.qpos[0]), float(self.data.qpos[1]))
+        self._still = 0
         self._waypoint = np.zeros(2)
         self._last_obs: Any = None
         self._renderer: mujoco.Renderer | None = None
@@ -234,6 +236,7 @@ class Locomotion3DEnv(gym.Env):
         mujoco.mj_forward(self.model, self.data)
         self._warnings_seen = self._instability_warnings()
         self._xy = (float(qpos[0]), float(qpos[1]))
+        self._still = 0  # consecutive still steps (stall termination)
 
     def observation(self) -> Any:
         """The current observation in the env's view (a fresh copy)."""
@@ -509,11 +512,17 @@ class Locomotion3DEnv(gym.Env):
             "cost_region": c_reg, "speed": speed, "x_position": x, "y_position": y,
             "diverged": False,
         }  # fmt: skip
-        # healthy: torso height in the family's band, tilt of its up axis (row 2) below the limit
-        tilt = math.acos(min(1.0, max(-1.0, axes[3 * fam.up_axis + 2])))
+        # healthy: torso height in the family's band, tilt of its z axis (up at rest) below the
+        # limit, and (cheetah) not standing still for ``stall_steps`` steps
+        tilt = math.acos(min(1.0, max(-1.0, axes[8])))
         lo, hi = fam.height_band
         z0 = self.morph.torso_height
         healthy = lo * z0 < z < hi * z0 and tilt < fam.max_tilt
+        if fam.stall_steps:
+            qvel = self.data.qvel
+            self._still = self._still + 1 if float(np.dot(qvel, qvel)) <= 1.0 else 0
+            info["stalled"] = self._still >= fam.stall_steps
+            healthy = healthy and not info["stalled"]
         return forward + heading + ctrl + fam.alive_bonus, not healthy, info
 
     def _target_xy(self, x: float, y: float) -> tuple[float, float]:

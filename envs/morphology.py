@@ -30,7 +30,10 @@ class Limb:
         length: capsule length between the end-point centres (m).
         radius: capsule radius (m).
         joint_ranges: (lo, hi) in radians for the x, y and z hinges.
-        gears: motor gears for the x, y and z hinges (N·m per unit of action).
+        gears: motor gears for the x, y and z hinges (N·m per unit of action; 0 = passive).
+        damping: damping of the three hinges (N·m·s/rad); None takes the family's default.
+        stiffness: passive spring of the three hinges towards the rest pose (N·m/rad).
+        mass: mass of the capsule (kg); None takes it from the family's density.
     """
 
     name: str
@@ -41,6 +44,9 @@ class Limb:
     radius: float
     joint_ranges: tuple[Range, Range, Range] = ((-0.6, 0.6), (-1.0, 1.0), (-0.6, 0.6))
     gears: Vec3 = (100.0, 100.0, 100.0)
+    damping: float | None = None
+    stiffness: float = 0.0
+    mass: float | None = None
 
     def end_point(self) -> np.ndarray:
         """The far end of the capsule axis in this limb's frame."""
@@ -108,6 +114,13 @@ def validate(morph: Morphology) -> None:
             raise ValueError(f"limb {limb.name!r}: length and radius must be positive")
         if abs(np.linalg.norm(limb.direction) - 1.0) > 1e-6:
             raise ValueError(f"limb {limb.name!r}: direction {limb.direction} is not a unit vector")
+        if any(not (np.isfinite(g) and g >= 0) for g in limb.gears):
+            raise ValueError(f"limb {limb.name!r}: gears must be finite and >= 0, got {limb.gears}")
+        if limb.mass is not None and not (np.isfinite(limb.mass) and limb.mass > 0):
+            raise ValueError(f"limb {limb.name!r}: mass must be finite and > 0, got {limb.mass}")
+        for name, value in (("damping", limb.damping), ("stiffness", limb.stiffness)):
+            if value is not None and not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"limb {limb.name!r}: {name} must be finite and >= 0, got {value}")
         for lo, hi in limb.joint_ranges:
             if not lo < hi:
                 raise ValueError(f"limb {limb.name!r}: joint range ({lo}, {hi}) needs lo < hi")

@@ -8,9 +8,15 @@ forces: 27 numbers, as in DSRL).
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 
@@ -75,5 +81,50 @@ def make_planar(robot: str, **kwargs) -> gym.Env:
     if robot not in PLANAR_TASKS:
         raise KeyError(f"unknown planar robot {robot!r}; expected one of {sorted(PLANAR_TASKS)}")
     task = PLANAR_TASKS[robot]
-    base = gym.make(task.base_id, **{**dict(task.base_kwargs), **kwargs}).unwrapped
+    kwargs = {**dict(task.base_kwargs), **kwargs}
+    if robot == "HalfCheetah" and "xml_file" not in kwargs:
+        kwargs["xml_file"] = str(_without_settotalmass(_gymnasium_asset("half_cheetah.xml")))
+    base = gym.make(task.base_id, **kwargs).unwrapped
     return VelocityCostWrapper(_CheckedAction(base), task.threshold, task.planar_speed)
+
+
+def _gymnasium_asset(name: str) -> Path:
+    """The path of one of Gymnasium's MuJoCo model files."""
+    import gymnasium.envs.mujoco as gym_mujoco
+
+    return Path(gym_mujoco.__file__).parent / "assets" / name
+
+
+_TOTALMASS = re.compile(r'\s*settotalmass="([^"]+)"')
+
+
+def _without_settotalmass(path: Path) -> Path:
+    """The model at ``path`` with its masses already scaled to the ``settotalmass`` target.
+
+    MuJoCo deprecates the ``settotalmass`` compiler attribute (and warns at every build). It
+    scales every body's mass and inertia by ``target / total``; scaling the default geom density
+    by the same factor gives the same model (``tests/envs/test_checkers.py`` compares them).
+    The rewritten file is cached in the temp folder, written atomically.
+    """
+    text = path.read_text()
+    match = _TOTALMASS.search(text)
+    if match is None:
+        return path
+    stripped = _TOTALMASS.sub("", text, count=1)
+    if "density=" in stripped or "mass=" in stripped:
+        raise ValueError(f"{path.name}: expected geom masses from the default density only")
+    total = float(mujoco.MjModel.from_xml_string(stripped).body_mass.sum())
+    scale = float(match.group(1)) / total
+    scaled = stripped.replace("<geom ", f'<geom density="{1000.0 * scale!r}" ', 1)
+    digest = hashlib.sha256((scaled + mujoco.__version__).encode()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / f"saferl-{path.stem}-{digest}.xml"
+    if not out.exists():
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(scaled)
+            os.replace(tmp, out)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    return out

@@ -5,7 +5,8 @@ reaches. For one agent per family this script trains Stable-Baselines3 PPO (defa
 hyperparameters, reward only, no cost) for ``--steps`` environment steps, evaluates the
 deterministic policy on ``--episodes`` episodes, and reports the mean horizontal torso speed and
 half of it. The thresholds in ``envs.catalogue.FAMILIES`` come from this script's output; the
-budget and seeds are in the README.
+budget and seeds are in the README. Rows are written after each family, and a re-run with the
+same ``--out``, budget and seed keeps the finished families (so a killed run resumes).
 
     python experiments/velocity_thresholds.py --steps 100000 --seed 0
 """
@@ -67,19 +68,28 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results/velocity_thresholds.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = []
+    done = {}  # rows of an earlier (interrupted) run with the same budget and seed are kept
+    if os.path.exists(args.out):
+        with open(args.out) as fh:
+            done = {r["family"]: r for r in json.load(fh)
+                    if r["steps"] == args.steps and r["seed"] == args.seed}  # fmt: skip
     print("| family | agent | PPO steps | PPO mean speed (m/s) | threshold = 0.5 x speed |")
     print("|---|---|---|---|---|")
     for family in args.families:
-        row = measure(family, args.steps, args.episodes, args.seed)
-        rows.append(row)
+        row = done.get(family) or measure(family, args.steps, args.episodes, args.seed)
+        done[family] = row
+        _write_rows(args.out, list(done.values()))  # after every family: a killed run resumes
         print(f"| {family} | {row['agent']} | {row['steps']} | {row['ppo_mean_speed']:.3f} | "
               f"{row['threshold']:.3f} |", flush=True)  # fmt: skip
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(args.out) or ".", delete=False) as f:
-        json.dump(rows, f, indent=2)
-    os.replace(f.name, args.out)
 
+
+def _write_rows(path: str, rows: list[dict]) -> None:
+    """Write the rows as JSON atomically (temp file beside ``path``, then rename)."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False) as f:
+        json.dump(rows, f, indent=2)
+    os.replace(f.name, path)
 
 if __name__ == "__main__":
     main()

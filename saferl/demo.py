@@ -50,10 +50,15 @@ class Stage:
     run: Callable[[DemoContext], dict]
 
 
+MIN_LENGTH = 10
+"""Fewest steps a demo episode may last: a standing body under the gentle gait does not fall
+that fast (the walker lasts ~70 steps), so fewer means a broken environment."""
+
+
 class SinusoidPolicy:
     """Open-loop gait: each torque follows sin(2π f t + phase) with a per-joint phase."""
 
-    def __init__(self, action_dim: int, frequency: float = 1.5, amplitude: float = 0.8,
+    def __init__(self, action_dim: int, frequency: float = 1.5, amplitude: float = 0.2,
                  seed: int = 0) -> None:  # fmt: skip
         rng = np.random.default_rng(seed)
         self.phase = rng.uniform(0, 2 * np.pi, action_dim)
@@ -65,7 +70,9 @@ class SinusoidPolicy:
 
 def rollout(env_id: str, policy: Callable, episodes: int, seed: int,
             max_steps: int = 1000) -> list[dict[str, float]]:  # fmt: skip
-    """Run ``policy(obs, t, dt)`` for whole episodes; reward and cost sums per episode."""
+    """Run ``policy(obs, t, dt)`` for whole episodes; reward and cost sums per episode, its
+    length and why it ended (``"fell"``, ``"stalled"``, ``"diverged"``, ``"time limit"`` or
+    ``"step cap"``)."""
     env = envs.make(env_id)
     dt = env.unwrapped.dt
     results = []
@@ -77,7 +84,12 @@ def rollout(env_id: str, policy: Callable, episodes: int, seed: int,
             ret, cost = ret + reward, cost + info["cost"]
             if term or trunc:
                 break
-        results.append({"episode": ep, "return": ret, "cost": cost, "length": t + 1})
+        end = "step cap"
+        if term:
+            end = "diverged" if info.get("diverged") else "stalled" if info.get("stalled") else "fell"
+        elif trunc:
+            end = "time limit"
+        results.append({"episode": ep, "return": ret, "cost": cost, "length": t + 1, "end": end})
     env.close()
     return results
 
@@ -91,7 +103,13 @@ def stage_rollout(ctx: DemoContext) -> dict:
                        200 if cfg.quick else cfg.max_steps)  # fmt: skip
     for row in episodes:
         print(f"  episode {row['episode']}: return {row['return']:8.2f}  cost {row['cost']:6.1f}"
-              f"  length {row['length']}")  # fmt: skip
+              f"  length {row['length']} ({row['end']})")  # fmt: skip
+    short = [r["length"] for r in episodes if r["end"] != "step cap" and r["length"] < MIN_LENGTH]
+    if short:
+        raise RuntimeError(
+            f"{cfg.env_id}: episodes ended after {short} steps; a body falls in no fewer than "
+            f"{MIN_LENGTH} steps, so the environment is broken (see tests/envs)"
+        )
     return {
         "mean_return": float(np.mean([r["return"] for r in episodes])),
         "mean_cost": float(np.mean([r["cost"] for r in episodes])),

@@ -94,6 +94,7 @@ def _rollout_checked(agent: str, policy: str, steps: int, seed: int) -> None:
     obs, _ = env.reset(seed=seed)
     _check_observation(env, obs)
     rng = np.random.default_rng(seed)
+    still = 0  # consecutive steps with |qvel|^2 <= 1 (the cheetah's stall rule)
     for _ in range(steps):
         if policy == "zero":
             action = np.zeros(env.action_space.shape)
@@ -102,11 +103,15 @@ def _rollout_checked(agent: str, policy: str, steps: int, seed: int) -> None:
         obs, _, terminated, _, info = env.step(action)
         assert not info["diverged"]
         _check_observation(env, obs)
-        stalled = info.get("stalled", False)
+        still = still + 1 if float(env.data.qvel @ env.data.qvel) <= 1.0 else 0
+        stall = env.spec_family.stall_steps
+        stalled = bool(stall) and still >= stall
+        assert info.get("stalled", False) == stalled
         assert terminated == (_expected_termination(env) or stalled), (
             f"{agent}: terminated={terminated} disagrees with the height band / tilt limit"
         )
         if terminated:
+            still = 0
             obs, _ = env.reset(seed=seed + 1)
             _check_observation(env, obs)
 
@@ -127,3 +132,40 @@ def test_observation_after_set_state_and_in_graph_view() -> None:
     graph = env.observation()
     flat = np.concatenate([graph[k].ravel() for k in ("vectors", "scalars", "mask", "parents")])
     _check_observation(env, flat)
+
+
+# Per-episode length bounds (steps) under zero and seeded uniform random torques, per family.
+# Measured (experiments/episode_lengths.py, seeds 0-2, every agent): zero 219-284 / 93-284 /
+# 135-265 / 21-57 (the cheetah stops moving, then ends after its 20-step stall window); random
+# 32-48 / 32-58 / 35-66 / 16-127 for hopper / walker / humanoid / cheetah. Before the frame fix
+# every episode ended after one step.
+LENGTHS = {
+    "hopper": {"zero": (150, 400), "random": (20, 100)},
+    "walker": {"zero": (60, 400), "random": (20, 120)},
+    "humanoid": {"zero": (100, 400), "random": (25, 120)},
+    "cheetah": {"zero": (20, 100), "random": (10, 200)},
+}
+
+
+def _episode_length(agent: str, policy: str, seed: int) -> int:
+    env = envs.make(envs.env_id(agent))
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    for t in range(1, 1001):
+        action = np.zeros(env.action_space.shape)
+        if policy == "random":
+            action = rng.uniform(-1, 1, env.action_space.shape)
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            return t
+    raise AssertionError("the TimeLimit wrapper did not end the episode at 1000 steps")
+
+
+@pytest.mark.parametrize("family", sorted(LENGTHS))
+@pytest.mark.parametrize("policy", ["zero", "random"])
+def test_episodes_last_a_sensible_number_of_steps(family: str, policy: str) -> None:
+    lo, hi = LENGTHS[family][policy]
+    lengths = {a: _episode_length(a, policy, seed=0) for a in envs.catalogue().family(family)}
+    outside = {a: n for a, n in lengths.items() if not lo <= n <= hi}
+    assert not outside, f"{family} episodes under {policy} torques outside [{lo}, {hi}]: {outside}"
+    assert np.mean(list(lengths.values())) >= 15
