@@ -98,13 +98,13 @@ class FamilySpec:
 
 FAMILIES: dict[str, FamilySpec] = {
     "hopper": FamilySpec(
-        PhysicsSettings(0.002, "RK4", armature=1.0), 4, 1.0, False, (0.55, 2.0), 1.0, 0.477
+        PhysicsSettings(0.002, "RK4", armature=1.0), 4, 1.0, False, (0.55, 2.0), 1.0, 0.442
     ),
-    "walker": FamilySpec(PhysicsSettings(0.002, "RK4"), 4, 1.0, True, (0.55, 2.0), 1.0, 0.495),
-    "humanoid": FamilySpec(PhysicsSettings(0.002, "RK4"), 4, 1.0, True, (0.6, 2.0), 1.0, 0.287),
+    "walker": FamilySpec(PhysicsSettings(0.002, "RK4"), 4, 1.0, True, (0.55, 2.0), 1.0, 0.366),
+    "humanoid": FamilySpec(PhysicsSettings(0.002, "RK4"), 4, 1.0, True, (0.6, 2.0), 1.0, 0.389),
     "cheetah": FamilySpec(
         PhysicsSettings(0.01, "implicitfast", joint_damping=2.0, armature=0.1),
-        4, 0.0, True, (0.25, 4.0), 1.35, 0.313, stall_steps=20,
+        4, 0.0, True, (0.25, 4.0), 1.35, 0.296, stall_steps=20,
     ),
 }  # fmt: skip
 
