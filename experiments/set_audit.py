@@ -53,7 +53,7 @@ def actors_for(args: argparse.Namespace, max_limbs: int) -> dict[str, torch.nn.M
     actors = {}
     for kind in args.kinds:
         folder = os.path.join(args.runs, f"{kind}_seed0")
-        if os.path.exists(os.path.join(folder, "actor.safetensors")) and not args.quick:
+        if os.path.exists(os.path.join(folder, "model.safetensors")) and not args.quick:
             actors[f"{kind} (trained)"] = load_actor(folder, device="cpu")
         else:
             torch.manual_seed(0)

@@ -16,7 +16,8 @@ import torch
 from gymnasium import spaces
 
 from envs.layout import ObsLayout
-from saferl.policies import build_actor, default_device
+from saferl.common import default_device
+from saferl.policies import build_actor
 
 
 def states(batch: int, max_limbs: int, seed: int = 0) -> torch.Tensor:

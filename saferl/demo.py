@@ -86,7 +86,9 @@ def rollout(env_id: str, policy: Callable, episodes: int, seed: int,
                 break
         end = "step cap"
         if term:
-            end = "diverged" if info.get("diverged") else "stalled" if info.get("stalled") else "fell"
+            end = "fell"
+            if info.get("diverged") or info.get("stalled"):
+                end = "diverged" if info.get("diverged") else "stalled"
         elif trunc:
             end = "time limit"
         results.append({"episode": ep, "return": ret, "cost": cost, "length": t + 1, "end": end})

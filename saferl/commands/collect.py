@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
+
+from saferl.common.io import write_json
 
 
 def register(subparsers) -> None:
@@ -105,7 +105,4 @@ def write_summary(path: Path, result) -> None:
         "training_log": result.training_log,
         "seconds": result.seconds,
     }
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, summary, indent=1)

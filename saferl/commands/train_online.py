@@ -35,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cost-type", default=defaults.cost_type)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=None, help="cuda if available, else cpu")
-    parser.add_argument("--out", default=None, help="folder for model.zip, actor, metrics")
+    parser.add_argument("--out", default=None, help="folder for the actor checkpoint and metrics")
+    parser.add_argument("--sb3-zip", action="store_true",
+                        help="also save Stable-Baselines3's model.zip (read back with pickle: "
+                             "load it only from a trusted source)")  # fmt: skip
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     parser.set_defaults(func=run)
 
@@ -62,6 +65,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {stats['split']:8s} {agent:14s} return {stats['return_mean']:8.1f} "
               f"± {stats['return_sd']:.1f}  cost {stats['cost_mean']:.1f}")  # fmt: skip
     if args.out:
-        paths = save_run(result, args.out)
+        paths = save_run(result, args.out, sb3_zip=args.sb3_zip)
         print("saved", ", ".join(paths.values()))
     return 0

@@ -1,6 +1,6 @@
 """DSRL-format offline safe-RL datasets: file format (:mod:`saferl.data.dsrl`), collection with
 Lagrangian behaviour policies (:mod:`saferl.data.collection`), the PID Lagrangian they use
-(:mod:`saferl.data.lagrangian`) and the spread plot (:mod:`saferl.data.plot`).
+(:mod:`saferl.common.lagrangian`) and the spread plot (:mod:`saferl.data.plot`).
 
 The format functions import only numpy and h5py; the collection names (which pull in
 Stable-Baselines3) load on first use.
@@ -8,6 +8,7 @@ Stable-Baselines3) load on first use.
 
 from importlib import import_module
 
+from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 from saferl.data.dsrl import (
     REQUIRED_KEYS,
     DatasetMetadata,
@@ -21,7 +22,6 @@ from saferl.data.dsrl import (
     validate_data,
     validate_metadata,
 )
-from saferl.data.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 
 _LAZY = {
     "CollectConfig": "saferl.data.collection",

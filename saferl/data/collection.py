@@ -7,7 +7,7 @@ stochastic, with action noise); then keep trajectories so that they spread evenl
 (cost return, reward return) plane — here with a grid filter that caps the count per cell.
 
 The learner is Stable-Baselines3 PPO (or SAC) on the shaped reward r − λ·c, λ from a PID
-Lagrangian (:mod:`saferl.data.lagrangian`) on the measured episode cost versus the annealed limit.
+Lagrangian (:mod:`saferl.common.lagrangian`) on the measured episode cost versus the annealed limit.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
+from saferl.common.runtime import seeded
 from saferl.data.dsrl import REQUIRED_KEYS, DatasetMetadata, validate_data
-from saferl.data.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 
@@ -349,10 +349,14 @@ class CollectResult:
 
 
 def collect(config: CollectConfig) -> CollectResult:
-    """Train the Lagrangian behaviour policy, roll out its checkpoints, grid-filter; see module."""
+    """Train the Lagrangian behaviour policy, roll out its checkpoints, grid-filter; see module.
+    Seeded with ``config.seed``; the caller's global RNG states are left as they were."""
+    with seeded(config.seed):
+        return _collect(config)
+
+
+def _collect(config: CollectConfig) -> CollectResult:
     start = time.perf_counter()
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
     state = LagrangeState()
     probe = make_env(config)
     if (

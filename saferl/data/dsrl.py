@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+from saferl.common.io import atomic_write
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "observations",
@@ -299,7 +300,8 @@ def infer_metadata(
 def save_dataset(
     path: str | os.PathLike, data: dict[str, np.ndarray], metadata: DatasetMetadata
 ) -> None:
-    """Write ``data`` and ``metadata`` to an HDF5 file atomically (temp file, then os.replace).
+    """Write ``data`` and ``metadata`` to an HDF5 file atomically (``saferl.common.atomic_write``:
+    a killed save leaves the old file and no temp file; permissions and symlinks are kept).
 
     Every array must be float32 (see :func:`validate_data`); ``obs_dim``, ``act_dim`` and
     ``num_trajectories`` left at 0 are filled from the data in the stored copy.
@@ -312,19 +314,14 @@ def save_dataset(
     stored.num_trajectories = stored.num_trajectories or len(split_trajectories(data))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
+
+    def write(handle) -> None:
+        with h5py.File(handle, "w") as f:
             for key in REQUIRED_KEYS:
                 f.create_dataset(key, data=data[key], compression="gzip", compression_opts=4)
             f.attrs[_METADATA_ATTR] = stored.to_json()
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets are ordinary shared files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_dataset(

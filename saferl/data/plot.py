@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from saferl.common.io import save_figure
+
 
 def plot_spread(
     returns: np.ndarray,
@@ -39,7 +41,5 @@ def plot_spread(
     ax.set_title(title or "dataset spread", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = f"{os.fspath(path)}.tmp.png"
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from saferl.common.runtime import default_device
+
 # ----------------------------------------------------------------------------------------------
 # Activations. ``holomorphic`` marks the ones that are complex-analytic, which the N >= 2 Cauchy
 # estimator requires (NeurIPS 2022, Sec. 3).
@@ -69,11 +71,6 @@ def get_activation(name: str) -> Activation:
     if name not in ACTIVATIONS:
         raise KeyError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
-
-
-def default_device() -> str:
-    """``"cuda"`` when available, else ``"cpu"``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saferl.common.runtime import default_device
 from saferl.ep.estimators import (
     check_estimator,
     dynamics_gradients,
@@ -26,7 +27,7 @@ from saferl.ep.estimators import (
     readout_gradients,
 )
 from saferl.ep.homeostasis import homeostasis_loss
-from saferl.ep.network import EPNetConfig, EPNetwork, RelaxStats, default_device
+from saferl.ep.network import EPNetConfig, EPNetwork, RelaxStats
 
 
 @dataclass

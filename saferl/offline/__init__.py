@@ -10,7 +10,6 @@ from saferl.offline.bench import (
     scatter_plot,
     write_results,
 )
-from saferl.offline.checkpoint import load_checkpoint, save_checkpoint
 from saferl.offline.dataset import (
     TaskInfo,
     TransitionBuffer,
@@ -51,7 +50,6 @@ from saferl.offline.networks import (
     EnsembleMLP,
     FourierFeatures,
     LNResNetNoise,
-    PIDLagrangian,
     ema_update,
     per_step_cost_threshold,
 )
@@ -59,12 +57,12 @@ from saferl.offline.networks import (
 __all__ = [
     "BC", "BCConfig", "BCQLag", "BCQLagConfig", "BenchConfig", "EnsembleMLP", "EpisodeResults",
     "FISOR", "FISORConfig", "FISORNets", "FourierFeatures", "LNResNetNoise", "MLP",
-    "PIDLagrangian", "TaskInfo", "TransitionBuffer", "actor_loss", "bc_loss", "check_data",
+    "TaskInfo", "TransitionBuffer", "actor_loss", "bc_loss", "check_data",
     "constraint_signal", "demo_stage", "dsrl_scores", "ema_update", "evaluate_policy",
-    "expectile_loss", "feasibility_target", "load_checkpoint", "load_tasks", "make_env",
+    "expectile_loss", "feasibility_target", "load_tasks", "make_env",
     "make_scheduler", "markdown_table", "normalized_cost", "normalized_reward",
     "per_step_cost_threshold", "policy_weights", "q_h_loss", "q_r_loss", "random_rollouts",
-    "reversed_expectile_loss", "run_bench", "safe_trajectories", "save_checkpoint",
+    "reversed_expectile_loss", "run_bench", "safe_trajectories",
     "scatter_plot", "summarize", "task_info", "train_bc", "train_bcq_lag", "train_fisor",
     "v_h_loss", "v_r_loss", "vp_betas", "write_results",
 ]  # fmt: skip

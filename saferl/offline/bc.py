@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from saferl.offline.checkpoint import load_checkpoint, save_checkpoint
+from saferl.common.checkpoint import load_checkpoint, save_checkpoint
+from saferl.common.runtime import default_device, seeded
 from saferl.offline.dataset import TransitionBuffer, check_data, safe_trajectories
-from saferl.offline.networks import MLP, default_device
+from saferl.offline.networks import MLP
 
 
 @dataclass
@@ -73,9 +74,9 @@ class BC:
         self.config = config or BCConfig()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device or default_device())
-        torch.manual_seed(self.config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        self.actor = MLP(obs_dim, act_dim, self.config.hidden, squash=True).to(self.device)
+        with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
+            self.actor = MLP(obs_dim, act_dim, self.config.hidden, squash=True).to(self.device)
         self.opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.lr)
 
     def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -97,12 +98,11 @@ class BC:
     def save(self, path: str | Path) -> None:
         """``model.safetensors`` + ``config.json`` in folder ``path``."""
         meta = {
-            "algorithm": "bc",
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
             "config": asdict(self.config),
         }
-        save_checkpoint(path, self.actor, meta)
+        save_checkpoint(path, self.actor, meta, kind="bc")
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> BC:

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from saferl.offline.checkpoint import load_checkpoint, save_checkpoint
+from saferl.common.checkpoint import load_checkpoint, save_checkpoint
+from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig
+from saferl.common.runtime import default_device, seeded
 from saferl.offline.dataset import TransitionBuffer, check_data, task_info
 from saferl.offline.networks import (
     MLP,
     EnsembleMLP,
-    PIDLagrangian,
-    default_device,
     ema_update,
     per_step_cost_threshold,
 )
@@ -146,13 +146,20 @@ def soft_clipped(q: torch.Tensor, lmbda: float, pessimistic_high: bool = False) 
     return lmbda * hi + (1 - lmbda) * lo if pessimistic_high else lmbda * lo + (1 - lmbda) * hi
 
 
-def critic_loss(batch: Mapping[str, torch.Tensor], nets: BCQLagNets, config: BCQLagConfig):
+def critic_loss(
+    batch: Mapping[str, torch.Tensor],
+    nets: BCQLagNets,
+    config: BCQLagConfig,
+    generator: torch.Generator | None = None,
+):
     """TD loss of both ensembles; the next action is the best (by target ``Q_r``) of
-    ``num_samples`` perturbed VAE decodings, used for the reward and the cost target alike."""
+    ``num_samples`` perturbed VAE decodings, used for the reward and the cost target alike.
+    ``generator`` draws the decoder's latents."""
     b, n = batch["obs"].shape[0], config.num_samples
     with torch.no_grad():
         s2 = batch["next_obs"].repeat_interleave(n, dim=0)
-        z = torch.randn(b * n, nets.vae.latent, device=s2.device).clamp(-0.5, 0.5)
+        z = torch.randn(b * n, nets.vae.latent, device=s2.device, generator=generator)
+        z = z.clamp(-0.5, 0.5)
         a2 = nets.actor_target(s2, nets.vae.decode(s2, z))
         q_r2 = soft_clipped(nets.q_r_target(s2, a2), config.lmbda).reshape(b, n)
         q_c2 = soft_clipped(nets.q_c_target(s2, a2), config.lmbda, True).reshape(b, n)
@@ -201,16 +208,16 @@ class BCQLag:
         self.config = config or BCQLagConfig()
         self.obs_dim, self.act_dim, self.horizon = obs_dim, act_dim, horizon
         self.device = torch.device(device or default_device())
-        torch.manual_seed(self.config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        self.nets = BCQLagNets(obs_dim, act_dim, self.config).to(self.device)
+        with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
+            self.nets = BCQLagNets(obs_dim, act_dim, self.config).to(self.device)
         c, n = self.config, self.nets
         self.vae_opt = torch.optim.Adam(n.vae.parameters(), lr=c.vae_lr)
         self.actor_opt = torch.optim.Adam(n.actor.parameters(), lr=c.actor_lr)
         self.critic_opt = torch.optim.Adam(
             [*n.q_r.parameters(), *n.q_c.parameters()], lr=c.critic_lr
         )
-        self.lagrangian = PIDLagrangian(*c.pid)
+        self.lagrangian = PIDLagrangian(PIDLagrangianConfig.plain(*c.pid))
         self.cost_threshold = per_step_cost_threshold(c.cost_limit, c.gamma, horizon)
 
     def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -222,19 +229,19 @@ class BCQLag:
         stats = {}
         for opt, (loss, s) in (
             (self.vae_opt, vae_loss(batch, n, noise, c.kl_weight)),
-            (self.critic_opt, critic_loss(batch, n, c)),
+            (self.critic_opt, critic_loss(batch, n, c, self.generator)),
         ):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             stats.update(s)
-        loss, s = actor_loss(batch, n, self.lagrangian.value)
+        loss, s = actor_loss(batch, n, self.lagrangian.multiplier)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
         stats.update(s)
         self.lagrangian.update(float(s["values/q_c_pi"]), self.cost_threshold)
-        stats["values/lambda"] = torch.tensor(self.lagrangian.value)
+        stats["values/lambda"] = torch.tensor(self.lagrangian.multiplier)
         for target, online in (
             (n.q_r_target, n.q_r),
             (n.q_c_target, n.q_c),
@@ -255,13 +262,12 @@ class BCQLag:
     def save(self, path: str | Path) -> None:
         """``model.safetensors`` + ``config.json`` in folder ``path``."""
         meta = {
-            "algorithm": "bcq_lag",
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
             "horizon": self.horizon,
             "config": asdict(self.config),
         }
-        save_checkpoint(path, self.nets, meta)
+        save_checkpoint(path, self.nets, meta, kind="bcq_lag")
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> BCQLag:

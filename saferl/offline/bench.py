@@ -9,7 +9,6 @@ reward-vs-cost scatter plot.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from saferl.common.io import save_figure, write_json, write_text
 from saferl.offline.bc import BCConfig, train_bc
 from saferl.offline.bcq_lag import BCQLagConfig, train_bcq_lag
-from saferl.offline.checkpoint import atomic_write
 from saferl.offline.dataset import TaskInfo, check_data, task_info
 from saferl.offline.evaluate import dsrl_scores, evaluate_policy, make_env, summarize
 from saferl.offline.fisor import FISORConfig, train_fisor
@@ -197,7 +196,7 @@ def scatter_plot(summary: Sequence[Mapping[str, Any]], path: str | Path) -> None
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format=path.suffix.lstrip(".") or "png"))
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -208,12 +207,7 @@ def write_results(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, prefix
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     table = markdown_table(summary)
-    atomic_write(
-        out / f"{prefix}_rows.json",
-        lambda p: Path(p).write_text(
-            json.dumps({"rows": list(rows), "summary": summary}, indent=1)
-        ),
-    )
-    atomic_write(out / f"{prefix}_table.md", lambda p: Path(p).write_text(table + "\n"))
+    write_json(out / f"{prefix}_rows.json", {"rows": list(rows), "summary": summary}, indent=1)
+    write_text(out / f"{prefix}_table.md", table + "\n")
     scatter_plot(summary, out / f"{prefix}_scatter.png")
     return summary, table

@@ -33,9 +33,10 @@ from diffusers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
-from saferl.offline.checkpoint import load_checkpoint, save_checkpoint
+from saferl.common.checkpoint import load_checkpoint, save_checkpoint
+from saferl.common.runtime import TorchRNG, default_device, seeded
 from saferl.offline.dataset import TransitionBuffer, check_data, task_info
-from saferl.offline.networks import MLP, EnsembleMLP, LNResNetNoise, default_device, ema_update
+from saferl.offline.networks import MLP, EnsembleMLP, LNResNetNoise, ema_update
 
 
 @dataclass
@@ -348,9 +349,10 @@ class FISOR:
         self.config = config or FISORConfig()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device or default_device())
-        torch.manual_seed(self.config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        self.nets = FISORNets(obs_dim, act_dim, self.config).to(self.device)
+        with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
+            self.nets = FISORNets(obs_dim, act_dim, self.config).to(self.device)
+            self.dropout_rng = TorchRNG(self.device)  # the actor's dropout draws from this
         self.scheduler = make_scheduler(self.config)
         lr = self.config.critic_lr
         n = self.nets
@@ -388,9 +390,10 @@ class FISOR:
         size = cfg.actor_batch_size // cfg.actor_splits
         for k in range(cfg.actor_splits):
             part = {key: v[k * size : (k + 1) * size] for key, v in actor_batch.items()}
-            loss, s = actor_loss(part, n, cfg, self.scheduler, self.generator)
-            self.actor_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with self.dropout_rng.active():
+                loss, s = actor_loss(part, n, cfg, self.scheduler, self.generator)
+                self.actor_opt.zero_grad(set_to_none=True)
+                loss.backward()
             self.actor_opt.step()
             self.actor_sched.step()
             ema_update(n.actor_ema, n.actor, cfg.actor_ema)
@@ -433,14 +436,13 @@ class FISOR:
     def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
         """Write ``model.safetensors`` and ``config.json`` into folder ``path`` (atomically)."""
         meta = {
-            "algorithm": "fisor",
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
             "iteration": self.iteration,
             "config": asdict(self.config),
             **(extra or {}),
         }
-        save_checkpoint(path, self.nets, meta)
+        save_checkpoint(path, self.nets, meta, kind="fisor")
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> FISOR:

@@ -6,8 +6,7 @@
 * :class:`FourierFeatures` and :class:`LNResNetNoise` — the noise network of FISOR's diffusion
   actor (Zheng et al., ICLR 2024, App. on implementation; the IDQL LN-ResNet backbone).
 * :func:`ema_update` — Polyak / exponential moving average of parameters.
-* :class:`PIDLagrangian` — PID update of a Lagrange multiplier (Stooke et al., 2020), with the
-  OSRL defaults; :func:`per_step_cost_threshold` turns an episode budget into a per-step one.
+* :func:`per_step_cost_threshold` turns an episode cost budget into a per-step one.
 
 All modules take batched inputs; nothing loops over batch elements.
 """
@@ -20,11 +19,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-
-def default_device() -> str:
-    """``"cuda"`` if a CUDA device is available, else ``"cpu"``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def mlp(sizes: Iterable[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -209,28 +203,3 @@ def per_step_cost_threshold(episode_budget: float, gamma: float, horizon: int) -
             f"{episode_budget}, {gamma}, {horizon}"
         )
     return episode_budget * (1.0 - gamma**horizon) / ((1.0 - gamma) * horizon)
-
-
-class PIDLagrangian:
-    """PID Lagrange multiplier (Stooke, Achiam & Abbeel, 2020), OSRL gains 0.1 / 0.003 / 0.001.
-
-    ``update(cost, threshold)`` with ``e = cost − threshold``:
-    ``I ← max(0, I + k_i e)``, ``D = max(0, cost − cost_prev)``,
-    ``λ = max(0, k_p e + I + k_d D)``. Guarantee: ``λ ≥ 0`` always.
-    """
-
-    def __init__(self, kp: float = 0.1, ki: float = 0.003, kd: float = 0.001) -> None:
-        if min(kp, ki, kd) < 0:
-            raise ValueError(f"PID gains must be >= 0, got {kp}, {ki}, {kd}")
-        self.kp, self.ki, self.kd = kp, ki, kd
-        self.integral = 0.0
-        self.prev_cost = 0.0
-        self.value = 0.0
-
-    def update(self, cost: float, threshold: float) -> float:
-        error = float(cost) - float(threshold)
-        self.integral = max(0.0, self.integral + self.ki * error)
-        derivative = max(0.0, float(cost) - self.prev_cost)
-        self.prev_cost = float(cost)
-        self.value = max(0.0, self.kp * error + self.integral + self.kd * derivative)
-        return self.value

@@ -11,11 +11,9 @@ Zero-shot evaluation runs the trained policy on the suite's held-out agents.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,10 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs
-from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, default_device, make_config
+from saferl.common.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_checkpoint
+from saferl.common.io import atomic_write, write_json
+from saferl.common.runtime import default_device, seeded, torch_threads, versions
+from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, make_config
 
 
 @dataclass
@@ -218,10 +219,14 @@ def train(
     config: TD3Config, device: str | None = None, progress: bool = False, verbose: int = 0
 ) -> TrainResult:
     """Train one shared policy on the suite's training agents, then evaluate it on the training
-    and held-out agents (``config.eval_episodes`` each, deterministic actions)."""
+    and held-out agents (``config.eval_episodes`` each, deterministic actions). The run is
+    seeded with ``config.seed``; the caller's global RNG states are left as they were."""
     validate(config)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
+    with seeded(config.seed):
+        return _train(config, device, progress, verbose)
+
+
+def _train(config: TD3Config, device: str | None, progress: bool, verbose: int) -> TrainResult:
     train_agents = list(config.agents or suite_agents(config.suite, "train"))
     heldout = [a for a in suite_agents(config.suite, "heldout") if a not in train_agents]
     max_limbs = config.max_limbs or suite_max_limbs(train_agents + heldout)
@@ -285,70 +290,44 @@ def evaluate(
     }
 
 
-def write_json(path: str, payload: Any) -> None:
-    """Write ``payload`` as JSON atomically (temp file, then os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
+def save_run(result: TrainResult, folder: str, sb3_zip: bool = False) -> dict[str, str]:
+    """Save a run: the actor (``model.safetensors`` + ``config.json``, the toolkit's checkpoint
+    format) and ``metrics.json``; with ``sb3_zip`` also Stable-Baselines3's ``model.zip`` (the
+    whole algorithm, to continue training). Returns the paths.
 
-
-def save_run(result: TrainResult, folder: str) -> dict[str, str]:
-    """Save a run: SB3 zip (``model.zip``), actor weights (``actor.safetensors``) with its
-    config (``config.json``), and metrics (``metrics.json``). Returns the paths."""
-    from safetensors.torch import save_file
-
-    os.makedirs(folder, exist_ok=True)
-    paths = {name: os.path.join(folder, name) for name in
-             ("model.zip", "actor.safetensors", "config.json", "metrics.json")}  # fmt: skip
-    result.model.save(paths["model.zip"])
-    mu = result.model.policy.actor.mu
-    state = {k: v.detach().cpu().contiguous() for k, v in mu.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=folder)
-    os.close(fd)
-    save_file(state, tmp)
-    os.replace(tmp, paths["actor.safetensors"])
+    ``model.zip`` is read back with pickle by ``TD3.load``: load it only from a source you trust.
+    :func:`load_actor` reads the safetensors checkpoint and unpickles nothing.
+    """
+    folder_path = Path(folder)
     obs_dim = int(result.model.observation_space.shape[0])
-    write_json(paths["config.json"], {"td3": dataclasses.asdict(result.config), "obs_dim": obs_dim,
-                                      "versions": versions()})  # fmt: skip
+    save_checkpoint(folder_path, result.model.policy.actor.mu,
+                    {"td3": dataclasses.asdict(result.config), "obs_dim": obs_dim,
+                     "versions": versions()}, kind="td3_actor")  # fmt: skip
+    paths = {name: str(folder_path / name) for name in (WEIGHTS, CONFIG, "metrics.json")}
     write_json(paths["metrics.json"], {"episodes": result.episodes, "losses": result.losses,
                                        "evaluation": result.evaluation,
                                        "seconds": result.seconds})  # fmt: skip
+    if sb3_zip:
+        paths["model.zip"] = str(folder_path / "model.zip")
+        atomic_write(paths["model.zip"], result.model.save)
     return paths
 
 
 def load_actor(folder: str, device: str | None = None) -> torch.nn.Module:
     """The actor saved by :func:`save_run` (safetensors + JSON; nothing is unpickled)."""
     from gymnasium import spaces
-    from safetensors.torch import load_file
 
     from envs.layout import ObsLayout
     from saferl.policies import build_actor
 
-    with open(os.path.join(folder, "config.json")) as handle:
-        saved = json.load(handle)
+    state, saved = load_checkpoint(folder, "td3_actor")
     layout = ObsLayout.from_flat_dim(int(saved["obs_dim"]))
     obs_space = spaces.Box(-np.inf, np.inf, (layout.flat_dim,), np.float32)
     act_space = spaces.Box(-1.0, 1.0, (layout.action_dim,), np.float32)
     cfg = saved["td3"]
     actor = build_actor(cfg["policy"], obs_space, act_space, cfg["net_config"], device="cpu")
-    actor.load_state_dict(load_file(os.path.join(folder, "actor.safetensors")))
+    actor.load_state_dict(state)
     return actor.to(device or default_device()).eval()
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages a run depends on."""
-    import gymnasium
-    import mujoco
-    import stable_baselines3
-
-    import saferl
-
-    return {"saferl": saferl.__version__, "torch": torch.__version__,
-            "stable_baselines3": stable_baselines3.__version__,
-            "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__}  # fmt: skip
 
 
 @torch.no_grad()
@@ -368,10 +347,13 @@ def demo_stage(budget_steps: int = 500, seed: int = 0, device: str = "cpu") -> d
     """A tiny TD3 + SET run on one agent (hopper_3) for ``saferl demo`` (well under 60 s on a
     CPU): returns the episodes seen, the critic loss before/after extra updates on a fixed batch,
     the return of the trained policy and its rotation-invariance error."""
+    with torch_threads(1):  # tiny networks: one thread is fastest on a shared CPU
+        return _demo_stage(budget_steps, seed, device)
+
+
+def _demo_stage(budget_steps: int, seed: int, device: str) -> dict[str, Any]:
     from saferl.policies import invariance_error, orbit_angles
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: one thread is fastest on a shared CPU
     start = time.perf_counter()
     config = TD3Config(
         suite="Hopper++", agents=["hopper_3"], policy="set", total_steps=budget_steps,
@@ -387,7 +369,6 @@ def demo_stage(budget_steps: int = 500, seed: int = 0, device: str = "cpu") -> d
     after = critic_td_loss(model, batch)
     actor = model.policy.actor.eval()
     error = invariance_error(actor, batch.observations, orbit_angles(12))
-    torch.set_num_threads(threads)
     return {
         "agent": "hopper_3",
         "budget_steps": budget_steps,

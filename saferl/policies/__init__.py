@@ -12,7 +12,7 @@ from saferl.policies.audit import (
     rotate_flat,
     rotation_z,
 )
-from saferl.policies.factory import KINDS, build_actor, build_critic, default_device, make_config
+from saferl.policies.factory import KINDS, build_actor, build_critic, make_config
 from saferl.policies.graph import hop_distances, layout_for
 from saferl.policies.mlp import MLPActor, MLPConfig, MLPCritic
 from saferl.policies.sb3 import ClippedAdam, LimbTD3Policy
@@ -44,7 +44,6 @@ __all__ = [
     "action_orbit",
     "build_actor",
     "build_critic",
-    "default_device",
     "gram_invariants",
     "hop_distances",
     "invariance_error",

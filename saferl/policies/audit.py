@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from envs.layout import NUM_VECTORS, ObsLayout
+from saferl.common.io import save_figure
 
 
 def rotation_z(angle: float | Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -130,7 +131,6 @@ def plot_orbits(
 ) -> None:
     """Line plot of ``curves`` (name -> values per angle) against degrees, saved atomically."""
     import os
-    import tempfile
 
     import matplotlib
 
@@ -145,10 +145,6 @@ def plot_orbits(
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

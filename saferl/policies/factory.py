@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saferl.common.runtime import default_device
 from saferl.policies.graph import layout_for
 from saferl.policies.mlp import MLPActor, MLPConfig, MLPCritic
 from saferl.policies.set import SETActor, SETConfig, SETCritic
@@ -19,11 +20,6 @@ KINDS: dict[str, tuple[type, type[nn.Module], type[nn.Module]]] = {
     "mlp": (MLPConfig, MLPActor, MLPCritic),
 }
 """kind -> (config dataclass, actor class, critic class)."""
-
-
-def default_device() -> str:
-    """ "cuda" when available, else "cpu"."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_config(kind: str, config: Any = None) -> Any:

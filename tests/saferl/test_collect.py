@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 from saferl.data import load_dataset, split_trajectories, trajectory_returns
 from saferl.data.collection import (
     CollectConfig,
@@ -18,7 +19,6 @@ from saferl.data.collection import (
     grid_filter,
     rollout,
 )
-from saferl.data.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 
 PLANAR = "SaferlPlanar-HopperVelocity-v0"
 

@@ -8,13 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saferl.common import PIDLagrangian, PIDLagrangianConfig
 from saferl.offline import (
     BC,
     BCConfig,
     BCQLag,
     BCQLagConfig,
     EpisodeResults,
-    PIDLagrangian,
     TaskInfo,
     TransitionBuffer,
     bc_loss,
@@ -116,7 +116,7 @@ def test_normalised_cost_safe_iff_within_threshold(cost, kappa):
 def test_per_step_threshold_and_pid_hand_values():
     # κ(1 − γ^L)/((1 − γ)L) with κ = 10, γ = 0.5, L = 2: 10·0.75/(0.5·2) = 7.5
     assert per_step_cost_threshold(10.0, 0.5, 2) == pytest.approx(7.5)
-    pid = PIDLagrangian(0.1, 0.003, 0.001)
+    pid = PIDLagrangian(PIDLagrangianConfig.plain(0.1, 0.003, 0.001))
     # e = 3: I = 0.009, D = 5, λ = 0.3 + 0.009 + 0.005
     assert pid.update(5.0, 2.0) == pytest.approx(0.314)
     # e = −1: I = 0.006, D = max(0, 1 − 5) = 0, λ = max(0, −0.1 + 0.006) = 0

@@ -61,7 +61,9 @@ def test_trained_policy_is_rotation_invariant(trained) -> None:
 
 
 def test_save_load_round_trip(trained, tmp_path) -> None:
-    paths = save_run(trained, str(tmp_path / "run"))
+    assert "model.zip" not in save_run(trained, str(tmp_path / "plain"))  # pickle is opt-in
+    assert not (tmp_path / "plain" / "model.zip").exists()
+    paths = save_run(trained, str(tmp_path / "run"), sb3_zip=True)
     obs = trained.model.replay_buffer.sample(16).observations
     with torch.no_grad():
         expected = trained.model.policy.actor(obs)
@@ -94,4 +96,5 @@ def test_cli_train_online_smoke(tmp_path, capsys) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "heldout" in out and "hopper_4b" in out
-    assert (tmp_path / "cli" / "actor.safetensors").exists()
+    assert (tmp_path / "cli" / "model.safetensors").exists()
+    assert not (tmp_path / "cli" / "model.zip").exists()  # the pickled zip is opt-in

@@ -8,7 +8,7 @@ def test_set_suite_quick(experiment, tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     for kind in ("set", "transformer", "mlp"):
         assert f"| {kind} |" in out
-        assert (tmp_path / f"{kind}_seed0" / "model.zip").exists()
+        assert (tmp_path / f"{kind}_seed0" / "model.safetensors").exists()
     assert "hopper_4b" in out
     assert (tmp_path / "set_suite_curves.png").stat().st_size > 0
 

@@ -1,9 +1,12 @@
-"""PID Lagrangian multiplier for a constraint on the episode cost.
+"""PID Lagrangian multiplier for a cost constraint: the one controller of the toolkit.
 
 Reference: Stooke, Achiam & Abbeel 2020, "Responsive Safety in Reinforcement Learning by PID
 Lagrangian Methods" (Algorithm 2); gains as OSRL's defaults (K_P, K_I, K_D) = (0.1, 0.003, 0.001).
 The multiplier λ ≥ 0 weighs the cost in the shaped reward r − λ·c; it grows while the measured
 episode cost J_c exceeds the limit d and shrinks (never below 0) while J_c < d.
+
+Used by the behaviour policies of dataset collection (EMA smoothing, λ ≤ 10) and by BCQ-Lag
+(no smoothing, no cap, the first cost counted as a rise: ``PIDLagrangianConfig.plain``).
 """
 
 from __future__ import annotations
@@ -29,17 +32,28 @@ class PIDLagrangianConfig:
     lambda_init: float = 0.0
     """Initial multiplier (it is the initial integral term)."""
     lambda_max: float = 10.0
-    """Upper clip of λ."""
+    """Upper clip of λ (``math.inf``: no clip)."""
+    cost_init: float | None = None
+    """Cost taken as the one before the first update, for the D term (None: the first measured
+    cost itself, so the first step shows no rise)."""
 
     def __post_init__(self) -> None:
         for name in ("kp", "ki", "kd", "lambda_init", "lambda_max"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
+            if math.isnan(value) or value < 0 or (name != "lambda_max" and math.isinf(value)):
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        if self.cost_init is not None and not math.isfinite(self.cost_init):
+            raise ValueError(f"cost_init must be finite or None, got {self.cost_init!r}")
         for name in ("p_ema", "d_ema"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+
+    @classmethod
+    def plain(cls, kp: float = 0.1, ki: float = 0.003, kd: float = 0.001) -> PIDLagrangianConfig:
+        """The unsmoothed, uncapped controller: λ = max(0, K_P·e + I + K_D·max(0, J − J_prev)),
+        with J_prev = 0 before the first update (BCQ-Lag)."""
+        return cls(kp, ki, kd, p_ema=0.0, d_ema=0.0, lambda_max=math.inf, cost_init=0.0)
 
 
 class PIDLagrangian:
@@ -52,7 +66,7 @@ class PIDLagrangian:
         self.config = config or PIDLagrangianConfig()
         self.integral = self.config.lambda_init
         self.smoothed_violation = 0.0
-        self.smoothed_cost: float | None = None
+        self.smoothed_cost: float | None = self.config.cost_init
         self.multiplier = min(self.config.lambda_init, self.config.lambda_max)
 
     def update(self, episode_cost: float, cost_limit: float) -> float:
