@@ -35,7 +35,7 @@ from saferl.offline import (
 RESULTS = Path(__file__).parent / "results"
 
 CPU_BUDGET = {
-    "fisor_iterations": 1500,
+    "fisor_steps": 1500,
     "fisor_actor_batch": 256,  # 2 actor updates of 128 (reference: 2 × 1024)
     "fisor_critic_batch": 256,
     "fisor_nets": {"actor_width": 64},  # LN-ResNet 64 → 256 → 64 (reference: 256 → 1024 → 256)
@@ -47,7 +47,7 @@ CPU_BUDGET = {
     "seeds": (0, 1),
 }
 """The budget of the committed table (2-core CPU shared by six jobs, load ≈ 10–17, one torch
-thread per process); the reference is FISOR 1e6 iterations, BC / BCQ-Lag 1e5 steps."""
+thread per process); the reference is FISOR 1e6 steps, BC / BCQ-Lag 1e5 steps."""
 
 
 PUBLISHED = """FISOR's published results (ICLR 2024, DSRL datasets; normalised reward / cost,
@@ -64,21 +64,23 @@ PUBLISHED = """FISOR's published results (ICLR 2024, DSRL datasets; normalised r
 
 def bench_config(budget: dict, device: str | None, max_eval_steps: int | None) -> BenchConfig:
     fisor = FISORConfig(
-        iterations=budget["fisor_iterations"],
+        steps=budget["fisor_steps"],
         actor_batch_size=budget["fisor_actor_batch"],
         critic_batch_size=budget["fisor_critic_batch"],
-        log_every=max(1, budget["fisor_iterations"] // 5),
+        log_every=max(1, budget["fisor_steps"] // 5),
         **budget.get("fisor_nets", {}),
     )
     return BenchConfig(
         seeds=tuple(budget["seeds"]),
         episodes=budget["episodes"],
         max_eval_steps=max_eval_steps,
-        fisor=fisor,
-        bc=BCConfig(steps=budget["bc_steps"]),
-        bcq_lag=BCQLagConfig(
-            steps=budget["bcq_steps"], batch_size=budget["bcq_batch"], **budget.get("bcq_nets", {})
-        ),
+        configs={
+            "fisor": fisor,
+            "bc_all": BCConfig(steps=budget["bc_steps"]),
+            "bc_safe": BCConfig(steps=budget["bc_steps"]),
+            "bcq_lag": BCQLagConfig(steps=budget["bcq_steps"], batch_size=budget["bcq_batch"],
+                                    **budget.get("bcq_nets", {})),  # fmt: skip
+        },
         device=device,
     )
 
@@ -111,7 +113,7 @@ def budget_text(budget: dict, tasks, methods=("bc_all", "bc_safe", "bcq_lag", "f
     )
     return (
         f"Methods {', '.join(methods)}. "
-        f"Budget: FISOR {budget['fisor_iterations']} iterations (actor batch "
+        f"Budget: FISOR {budget['fisor_steps']} steps (actor batch "
         f"{budget['fisor_actor_batch']} in 2 updates, critic batch {budget['fisor_critic_batch']}"
         f", nets {budget.get('fisor_nets', 'reference')}), BC-All/BC-Safe {budget['bc_steps']} "
         f"steps, BCQ-Lag {budget['bcq_steps']} steps (batch {budget['bcq_batch']}, "
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> str:
         if args.seeds:
             budget["seeds"] = tuple(args.seeds)
         if args.quick:
-            budget.update(fisor_iterations=5, fisor_actor_batch=32, fisor_critic_batch=32,
+            budget.update(fisor_steps=5, fisor_actor_batch=32, fisor_critic_batch=32,
                           bc_steps=5, bcq_steps=3, bcq_batch=32, episodes=2, seeds=(0,),
                           fisor_nets={"actor_width": 16, "critic_hidden": (16, 16)})  # fmt: skip
             args.max_eval_steps = args.max_eval_steps or 8

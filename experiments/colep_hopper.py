@@ -5,7 +5,8 @@
 
 Task: ``envs.make("SaferlPlanar-HopperVelocity-v0")`` (Gymnasium Hopper-v5 with Safety-
 Gymnasium's cost 1{x-velocity > 0.7402}). States come from seeded episodes of perturbed random
-policies (a = clip(b + s·N(0, I)), b ~ U(−0.6, 0.6)³, s ~ U(0.2, 1) per episode, ≤ 150 steps).
+policies (a = clip(b + s·N(0, I)), b ~ U(−0.6, 0.6)³, s ~ U(0.2, 1) per episode, ≤ 150 steps),
+run through the toolkit's one rollout.
 Label: 1 if any step among the next k = 10 has cost 1 ("violation"), else 0 ("safe").
 Attributes of the current state: speed above the threshold (the constraint itself), fast
 (speed > threshold / 2), torso tilted forward (pitch > 0.05), pitching forward (pitch rate
@@ -28,52 +29,36 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from colep_benchmark import BenchConfig, Task, markdown_table, run_benchmark, write_results  # noqa: E402
 
+from saferl.data import make_env, rollout_transitions, unsafe_within  # noqa: E402
+
 TASK_ID = "SaferlPlanar-HopperVelocity-v0"
 THRESHOLD = 0.7402  # Safety-Gymnasium's Hopper velocity threshold
 HORIZON = 10
+MAX_STEPS = 150
 ATTRIBUTES = ["speed > threshold", "fast", "tilted forward", "pitching forward", "tilted back"]
 RULES = [[-1, -1, -1, -1, 0], [0, 1, 0, 0, -1]]  # rows: safe, violation
 
 
 def rollouts(n_states: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(observations (N, 11), per-step costs (N,), episode ids (N,)) from perturbed policies."""
-    import envs
-
-    env = envs.make(TASK_ID)
+    """(observations (N, 11), per-step costs (N,), episode ids (N,)) from perturbed policies,
+    through the toolkit's one rollout (``saferl.data.rollout_transitions``)."""
     rng = np.random.default_rng(seed)
-    obs, cost, episode = [], [], []
-    e = 0
-    while len(obs) < n_states:
-        o, _ = env.reset(seed=int(rng.integers(2**31)))
-        bias, scale = rng.uniform(-0.6, 0.6, 3), rng.uniform(0.2, 1.0)
-        for _ in range(150):
-            a = np.clip(bias + scale * rng.standard_normal(3), -1, 1).astype(np.float32)
-            o_next, _, terminated, truncated, info = env.step(a)
-            obs.append(o)
-            cost.append(info["cost"])
-            episode.append(e)
-            o = o_next
-            if terminated or truncated:
-                break
-        e += 1
-    env.close()
-    return np.array(obs[:n_states]), np.array(cost[:n_states]), np.array(episode[:n_states])
+    params: dict[int, tuple[np.ndarray, float]] = {}
 
+    def policy(obs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+        rows = [params.setdefault(int(e), (rng.uniform(-0.6, 0.6, 3), rng.uniform(0.2, 1.0)))
+                for e in episodes]  # fmt: skip
+        return np.stack([bias + scale * rng.standard_normal(3) for bias, scale in rows])
 
-def violation_within(cost: np.ndarray, episode: np.ndarray, k: int) -> np.ndarray:
-    """1 if a cost occurs at this step or any of the next k − 1 steps of the same episode."""
-    label = np.zeros(len(cost))
-    for shift in range(k):
-        later = np.roll(cost, -shift)
-        same = np.roll(episode, -shift) == episode
-        same[len(cost) - shift :] = False
-        label = np.maximum(label, later * same)
-    return label
+    runs = rollout_transitions(policy, lambda: make_env(TASK_ID), n_states, seed,
+                               max_steps=MAX_STEPS, episode_index=True)  # fmt: skip
+    d = runs.data
+    return d["observations"][:n_states], d["costs"][:n_states], runs.episode_ids()[:n_states]
 
 
 def hopper_task(n_states: int, seed: int) -> Task:
     obs, cost, episode = rollouts(n_states, seed)
-    y = violation_within(cost, episode, HORIZON)
+    y = unsafe_within(cost, episode, HORIZON)
     v, pitch, pitch_rate = obs[:, 5], obs[:, 1], obs[:, 7]
     attrs = np.stack([v > THRESHOLD, v > THRESHOLD / 2, pitch > 0.05, pitch_rate > 0.5,
                       pitch < -0.05], 1)  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import envs
+from saferl.data.rollout import Rollouts, rollout
 
 
 @dataclass
@@ -56,57 +57,47 @@ that fast (the walker lasts ~70 steps), so fewer means a broken environment."""
 
 
 class SinusoidPolicy:
-    """Open-loop gait: each torque follows sin(2π f t + phase) with a per-joint phase."""
+    """Open-loop gait: each torque follows sin(2π f t + phase) with a per-joint phase.
 
-    def __init__(self, action_dim: int, frequency: float = 1.5, amplitude: float = 0.2,
+    A batched policy for :func:`saferl.data.rollout`: the episodes run in lockstep from t = 0,
+    so the step count is the number of calls so far (one instance per rollout).
+    """
+
+    def __init__(self, action_dim: int, dt: float, frequency: float = 1.5, amplitude: float = 0.2,
                  seed: int = 0) -> None:  # fmt: skip
         rng = np.random.default_rng(seed)
         self.phase = rng.uniform(0, 2 * np.pi, action_dim)
-        self.frequency, self.amplitude = frequency, amplitude
+        self.frequency, self.amplitude, self.dt = frequency, amplitude, dt
+        self.t = 0
 
-    def __call__(self, obs: np.ndarray, t: int, dt: float) -> np.ndarray:
-        return self.amplitude * np.sin(2 * np.pi * self.frequency * t * dt + self.phase)
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        wave = np.sin(2 * np.pi * self.frequency * self.t * self.dt + self.phase)
+        self.t += 1
+        return np.broadcast_to(self.amplitude * wave, (len(obs), self.phase.size))
 
 
-def rollout(env_id: str, policy: Callable, episodes: int, seed: int,
-            max_steps: int = 1000) -> list[dict[str, float]]:  # fmt: skip
-    """Run ``policy(obs, t, dt)`` for whole episodes; reward and cost sums per episode, its
-    length and why it ended (``"fell"``, ``"stalled"``, ``"diverged"``, ``"time limit"`` or
-    ``"step cap"``)."""
-    env = envs.make(env_id)
-    dt = env.unwrapped.dt
-    results = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        ret = cost = 0.0
-        for t in range(max_steps):
-            obs, reward, term, trunc, info = env.step(policy(obs, t, dt))
-            ret, cost = ret + reward, cost + info["cost"]
-            if term or trunc:
-                break
-        end = "step cap"
-        if term:
-            end = "fell"
-            if info.get("diverged") or info.get("stalled"):
-                end = "diverged" if info.get("diverged") else "stalled"
-        elif trunc:
-            end = "time limit"
-        results.append({"episode": ep, "return": ret, "cost": cost, "length": t + 1, "end": end})
-    env.close()
-    return results
+def end_reason(runs: Rollouts, episode: int) -> str:
+    """Why an episode ended: fell, stalled, diverged, or the step limit."""
+    info = runs.last_info[episode]
+    if not runs.terminated[episode]:
+        return "time limit"
+    return "diverged" if info.get("diverged") else "stalled" if info.get("stalled") else "fell"
 
 
 def stage_rollout(ctx: DemoContext) -> dict:
     """Build the 3D task and roll out an open-loop sinusoidal gait."""
     cfg = ctx.config
-    env = envs.make(cfg.env_id)
-    policy = SinusoidPolicy(env.action_space.shape[0], seed=cfg.seed)
-    episodes = rollout(cfg.env_id, policy, cfg.episodes, cfg.seed,
-                       200 if cfg.quick else cfg.max_steps)  # fmt: skip
+    with envs.make(cfg.env_id) as env:
+        policy = SinusoidPolicy(env.action_space.shape[0], env.unwrapped.dt, seed=cfg.seed)
+    runs = rollout(policy, lambda: envs.make(cfg.env_id), cfg.episodes, cfg.seed,
+                   max_steps=200 if cfg.quick else cfg.max_steps, record=False)  # fmt: skip
+    episodes = [{"episode": i, "return": float(runs.returns[i]), "cost": float(runs.costs[i]),
+                 "length": int(runs.lengths[i]), "end": end_reason(runs, i)}
+                for i in range(cfg.episodes)]  # fmt: skip
     for row in episodes:
         print(f"  episode {row['episode']}: return {row['return']:8.2f}  cost {row['cost']:6.1f}"
               f"  length {row['length']} ({row['end']})")  # fmt: skip
-    short = [r["length"] for r in episodes if r["end"] != "step cap" and r["length"] < MIN_LENGTH]
+    short = [r["length"] for r in episodes if r["end"] != "time limit" and r["length"] < MIN_LENGTH]
     if short:
         raise RuntimeError(
             f"{cfg.env_id}: episodes ended after {short} steps; a body falls in no fewer than "
@@ -136,11 +127,11 @@ def stage_offline(ctx: DemoContext) -> dict:
     from saferl.offline import demo_stage
 
     quick = ctx.config.quick
-    res = demo_stage(iterations=150 if quick else 1500, episodes=2 if quick else 5,
+    res = demo_stage(steps=150 if quick else 1500, episodes=2 if quick else 5,
                      seed=ctx.config.seed)  # fmt: skip
     ctx.artefacts["offline"] = res
     print(f"  FISOR on {res['env_id']} ({res['transitions']} transitions, "
-          f"{res['iterations']} iterations, {res['train_seconds']:.1f} s)")  # fmt: skip
+          f"{res['steps']} steps, {res['train_seconds']:.1f} s)")  # fmt: skip
     for row in res["scores"]:
         print("   ", ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in row.items()))  # fmt: skip
@@ -161,7 +152,7 @@ def stage_certify(ctx: DemoContext) -> dict:
     data, meta = (
         (offline["data"], offline["metadata"]) if offline else random_rollouts(seed=cfg.seed)
     )
-    kappa = float(meta.cost_thresholds[0]) if getattr(meta, "cost_thresholds", None) else 10.0
+    kappa = float(meta.cost_thresholds[0])
     bc_config = BCConfig(steps=200 if cfg.quick else 2000, hidden=(64, 64), cost_limit=kappa,
                          seed=cfg.seed)  # fmt: skip
     bc, _ = train_bc(data, meta, bc_config, device="cpu")

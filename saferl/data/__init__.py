@@ -1,20 +1,26 @@
-"""DSRL-format offline safe-RL datasets: file format (:mod:`saferl.data.dsrl`), collection with
-Lagrangian behaviour policies (:mod:`saferl.data.collection`), the PID Lagrangian they use
-(:mod:`saferl.common.lagrangian`) and the spread plot (:mod:`saferl.data.plot`).
+"""The dataset model of the toolkit and its one rollout.
 
-The format functions import only numpy and h5py; the collection names (which pull in
-Stable-Baselines3) load on first use.
+* :mod:`saferl.data.dsrl` — DSRL-format datasets: the arrays and :class:`DatasetMetadata`
+  (normalised scores, cost thresholds, the task's env), validation, trajectories, atomic HDF5
+  save and checked load;
+* :mod:`saferl.data.rollout` — :func:`rollout`: episodes side by side, DSRL arrays and episode
+  sums out; every evaluation, collection, label and demo reduces over it;
+* :mod:`saferl.data.collection` — datasets from Lagrangian behaviour policies (loads
+  Stable-Baselines3 on first use); :mod:`saferl.data.plot` — the spread plot.
 """
 
 from importlib import import_module
 
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 from saferl.data.dsrl import (
+    DEFAULT_COST_THRESHOLDS,
     REQUIRED_KEYS,
     DatasetMetadata,
     concatenate,
     infer_metadata,
     load_dataset,
+    make_env,
+    safe_trajectories,
     save_dataset,
     select_trajectories,
     split_trajectories,
@@ -22,13 +28,13 @@ from saferl.data.dsrl import (
     validate_data,
     validate_metadata,
 )
+from saferl.data.rollout import Rollouts, rollout, rollout_transitions, unsafe_within
 
 _LAZY = {
     "CollectConfig": "saferl.data.collection",
     "CollectResult": "saferl.data.collection",
     "collect": "saferl.data.collection",
     "grid_filter": "saferl.data.collection",
-    "rollout": "saferl.data.collection",
     "plot_spread": "saferl.data.plot",
 }
 
@@ -40,9 +46,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "REQUIRED_KEYS", "CollectConfig", "CollectResult", "DatasetMetadata", "PIDLagrangian",
-    "PIDLagrangianConfig", "annealed_limit", "collect", "concatenate", "grid_filter",
-    "infer_metadata", "load_dataset", "plot_spread", "rollout", "save_dataset",
-    "select_trajectories", "split_trajectories", "trajectory_returns", "validate_data",
-    "validate_metadata",
+    "DEFAULT_COST_THRESHOLDS", "REQUIRED_KEYS", "CollectConfig", "CollectResult",
+    "DatasetMetadata", "PIDLagrangian", "PIDLagrangianConfig", "Rollouts", "annealed_limit",
+    "collect", "concatenate", "grid_filter", "infer_metadata", "load_dataset", "make_env",
+    "plot_spread", "rollout", "rollout_transitions", "safe_trajectories", "save_dataset",
+    "select_trajectories", "split_trajectories", "trajectory_returns", "unsafe_within",
+    "validate_data", "validate_metadata",
 ]  # fmt: skip

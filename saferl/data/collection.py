@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 from saferl.common.runtime import seeded
 from saferl.data.dsrl import REQUIRED_KEYS, DatasetMetadata, validate_data
+from saferl.data.rollout import rollout
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 
@@ -187,52 +188,6 @@ Trajectory = dict[str, np.ndarray]
 PolicyFn = Callable[[np.ndarray, bool], np.ndarray]
 
 
-def rollout(
-    policy: PolicyFn,
-    env_fn: Callable[[], gym.Env],
-    n_episodes: int,
-    seed: int,
-    deterministic: bool = True,
-    noise_std: float = 0.0,
-) -> list[Trajectory]:
-    """Run ``n_episodes`` episodes side by side, the policy batched over the running envs.
-
-    ``policy(obs (B, obs_dim), deterministic) -> actions (B, act_dim)``; Gaussian noise of std
-    ``noise_std`` is added and the action clipped to the action space. Returns one dict of
-    DSRL arrays (float32) per episode, with the executed actions.
-    """
-    rng = np.random.default_rng(seed)
-    envs_ = [env_fn() for _ in range(n_episodes)]
-    space = envs_[0].action_space
-    obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs_)]
-    buffers: list[dict[str, list]] = [{k: [] for k in REQUIRED_KEYS} for _ in envs_]
-    active = list(range(n_episodes))
-    while active:
-        batch = np.stack([obs[i] for i in active]).astype(np.float32)
-        actions = np.asarray(policy(batch, deterministic), dtype=np.float64)
-        if noise_std > 0:
-            actions = actions + rng.normal(0.0, noise_std, size=actions.shape)
-        actions = np.clip(actions, space.low, space.high)
-        still = []
-        for row, i in enumerate(active):
-            nxt, r, term, trunc, info = envs_[i].step(actions[row])
-            _append(buffers[i], obs[i], nxt, actions[row], r, info["cost"], term, trunc)
-            obs[i] = nxt
-            if not (term or trunc):
-                still.append(i)
-        active = still
-    for e in envs_:
-        e.close()
-    return [{k: np.asarray(v, dtype=np.float32) for k, v in b.items()} for b in buffers]
-
-
-def _append(buf, obs, nxt, action, reward, cost, terminated, truncated) -> None:
-    for key, value in (("observations", obs), ("next_observations", nxt), ("actions", action),
-                       ("rewards", reward), ("costs", cost), ("terminals", bool(terminated)),
-                       ("timeouts", bool(truncated and not terminated))):  # fmt: skip
-        buf[key].append(value)
-
-
 def sb3_policy(model: BaseAlgorithm, vecnorm: VecNormalize | None) -> PolicyFn:
     """A batched policy from an SB3 model, normalising observations as in training."""
 
@@ -383,8 +338,9 @@ def _collect(config: CollectConfig) -> CollectResult:
         policy = sb3_policy(m, venv)
         for j, (det, noise) in enumerate(config.modes()):
             seed = config.seed * 1_000_003 + index * 1000 + j * 100
-            trajs = rollout(policy, lambda: make_env(config), config.episodes_per_mode, seed,
-                            deterministic=det, noise_std=noise)  # fmt: skip
+            runs = rollout(lambda obs, det=det: policy(obs, det), lambda: make_env(config),
+                           config.episodes_per_mode, seed, noise_std=noise)  # fmt: skip
+            trajs = runs.episodes()
             trajectories.extend(trajs)
             checkpoint_ids.extend([index] * len(trajs))
         if config.verbose:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "timeouts",
 )
 """The arrays every DSRL-format dataset holds."""
+
+DEFAULT_COST_THRESHOLDS: tuple[float, ...] = (10.0, 20.0, 40.0)
+"""Cost thresholds κ of a dataset whose metadata names none."""
 
 _MATRIX_KEYS = ("observations", "next_observations", "actions")
 _FLAG_KEYS = ("terminals", "timeouts")
@@ -71,7 +75,7 @@ class DatasetMetadata:
     """R_max: reference episode reward return that normalises to 1."""
     max_cost: float
     """Largest episode cost return in the data (or the reference's)."""
-    cost_thresholds: list[float] = field(default_factory=lambda: [10.0, 20.0, 40.0])
+    cost_thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_COST_THRESHOLDS))
     """Episode cost limits κ to evaluate at (DSRL uses three per task)."""
     collection: str = "unknown"
     """How the data were collected (behaviour policies, budgets, filter)."""
@@ -101,12 +105,10 @@ class DatasetMetadata:
         return (np.asarray(cost_return, dtype=np.float64) + eps) / (threshold + eps)
 
     def make_env(self, **kwargs: Any):
-        """The task as collected: ``envs.make(env_id, max_episode_steps=..., **env_kwargs)``;
-        ``kwargs`` override (e.g. ``render_mode``). Evaluate policies on this env."""
-        import envs
-
+        """The task as collected (:func:`make_env` with ``max_episode_steps`` and
+        ``env_kwargs``); ``kwargs`` override (e.g. ``render_mode``). Evaluate policies on it."""
         merged = {"max_episode_steps": self.max_episode_steps, **self.env_kwargs, **kwargs}
-        return envs.make(self.env_id, **merged)
+        return make_env(self.env_id, **merged)
 
     def to_json(self) -> str:
         """The metadata as a JSON string (what the HDF5 attribute holds)."""
@@ -130,23 +132,46 @@ class DatasetMetadata:
         return meta
 
 
+def make_env(env_id: str, **kwargs: Any):
+    """An env whose ``info["cost"]`` is the safety cost.
+
+    The toolkit's ids come from :func:`envs.make`; a plain Gymnasium MuJoCo id that one of
+    ``envs.PLANAR_TASKS`` wraps (e.g. ``"Hopper-v5"``, as in DSRL files) gets that task's
+    velocity cost; any other id goes to ``gymnasium.make`` and must report ``info["cost"]``.
+    """
+    import gymnasium as gym
+
+    import envs
+
+    if env_id in envs.registered_ids() or env_id.startswith("Saferl"):
+        return envs.make(env_id, **kwargs)
+    for task in envs.PLANAR_TASKS.values():
+        if task.base_id == env_id:
+            env = gym.make(env_id, **{**dict(task.base_kwargs), **kwargs})
+            return envs.VelocityCostWrapper(env, task.threshold, task.planar_speed)
+    return gym.make(env_id, **kwargs)
+
+
 # --------------------------------------------------------------------------- validation
 
 
-def validate_data(data: dict[str, np.ndarray], strict_dtype: bool = True) -> int:
+def validate_data(
+    data: Mapping[str, np.ndarray], strict_dtype: bool = True, extra_keys: bool = False
+) -> int:
     """Check a dataset dict; return its number of transitions N.
 
     Raises KeyError (missing key), TypeError (not an array / wrong dtype) or ValueError (shape,
     length, NaN/Inf, flags not in {0, 1}), each naming the offending key. With
     ``strict_dtype`` every array must be float32; without it any real or boolean dtype passes.
+    Keys beyond :data:`REQUIRED_KEYS` are an error unless ``extra_keys``.
     """
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         raise TypeError(f"dataset must be a dict of arrays, got {type(data).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise KeyError(f"dataset lacks required key(s) {missing}; expected {list(REQUIRED_KEYS)}")
     unknown = sorted(set(data) - set(REQUIRED_KEYS))
-    if unknown:
+    if unknown and not extra_keys:
         raise KeyError(f"dataset has unknown key(s) {unknown}; expected {list(REQUIRED_KEYS)}")
     for key in REQUIRED_KEYS:
         _check_dtype(key, data[key], strict_dtype)
@@ -223,7 +248,7 @@ def validate_metadata(metadata: DatasetMetadata, data: dict[str, np.ndarray] | N
 # --------------------------------------------------------------------------- trajectories
 
 
-def split_trajectories(data: dict[str, np.ndarray]) -> np.ndarray:
+def split_trajectories(data: Mapping[str, np.ndarray]) -> np.ndarray:
     """Index ranges of the trajectories: int64 array (K, 2) of [start, end) rows.
 
     A trajectory ends at a step with ``terminals`` or ``timeouts`` set; trailing steps after the
@@ -238,7 +263,7 @@ def split_trajectories(data: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([starts, ends], axis=1).astype(np.int64)
 
 
-def trajectory_returns(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def trajectory_returns(data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Undiscounted (reward return, cost return) per trajectory: two float64 arrays (K,)."""
     starts = split_trajectories(data)[:, 0]
     rewards = np.add.reduceat(np.asarray(data["rewards"], dtype=np.float64), starts)
@@ -246,7 +271,7 @@ def trajectory_returns(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
     return rewards, costs
 
 
-def select_trajectories(data: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+def select_trajectories(data: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
     """The dataset restricted to the trajectories where ``keep`` (bool, (K,)) is True."""
     ranges = split_trajectories(data)
     keep = np.asarray(keep, dtype=bool)
@@ -256,6 +281,17 @@ def select_trajectories(data: dict[str, np.ndarray], keep: np.ndarray) -> dict[s
     lengths = ranges[:, 1] - ranges[:, 0]
     step_mask = np.repeat(keep, lengths)
     return {k: np.asarray(v)[step_mask] for k, v in data.items()}
+
+
+def safe_trajectories(data: Mapping[str, np.ndarray], cost_limit: float) -> dict[str, np.ndarray]:
+    """BC-Safe's data (OSRL): the trajectories whose cost return is ≤ ``cost_limit``; ValueError
+    when none is."""
+    _, costs = trajectory_returns(data)
+    keep = costs <= cost_limit
+    if not keep.any():
+        raise ValueError(f"no trajectory has a cost return <= {cost_limit} "
+                         f"(lowest: {costs.min():.3g}); pick a larger threshold")  # fmt: skip
+    return select_trajectories(data, keep)
 
 
 def concatenate(datasets: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

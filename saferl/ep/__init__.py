@@ -11,7 +11,7 @@ Public API:
 * :func:`load_digits_split`, :func:`load_safety_split` — datasets.
 """
 
-from saferl.ep.data import Split, load_digits_split, load_safety_split, unsafe_within
+from saferl.ep.data import Split, load_digits_split, load_safety_split
 from saferl.ep.estimators import (
     cauchy_points,
     check_estimator,
@@ -65,7 +65,6 @@ __all__ = [
     "load_safety_split",
     "rbp_error",
     "readout_gradients",
-    "unsafe_within",
     "whitened_jacobian",
     "whitened_jvp",
 ]

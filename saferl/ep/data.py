@@ -2,11 +2,11 @@
 
 Safety task: from a state of a Hopper rollout, predict whether the velocity cost fires
 (``x_velocity > 0.7402``, Safety-Gymnasium's Hopper velocity threshold) within the next ``k``
-steps of the behaviour policy. The rollouts use ``envs.make("SaferlPlanar-HopperVelocity-v0")``
-(cost in ``info["cost"]``) when the toolkit's env is registered, else Gymnasium's ``Hopper-v5``
-(cost = x_velocity > threshold). The behaviour policy is random and perturbed (per episode: either
-uniform actions or a Gaussian around a random bias), so both labels occur. Generated in-process
-with a fixed seed; train/test split by episode (neighbouring states never straddle the split).
+steps of the behaviour policy (:func:`saferl.data.unsafe_within`). The rollouts run on
+``SaferlPlanar-HopperVelocity-v0`` through the toolkit's one rollout; the behaviour policy is
+random and perturbed (per episode: either uniform actions or a Gaussian around a random bias), so
+both labels occur. Generated in-process with a fixed seed; train/test split by episode
+(neighbouring states never straddle the split).
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-HOPPER_VELOCITY_THRESHOLD = 0.7402
-"""Safety-Gymnasium's velocity limit for Hopper (m/s)."""
+from saferl.data.dsrl import make_env
+from saferl.data.rollout import rollout_transitions, unsafe_within
+
+SAFETY_TASK = "SaferlPlanar-HopperVelocity-v0"
+"""The task of the safety labels: planar Hopper, cost 1{x-velocity > 0.7402} (Safety-Gymnasium)."""
 
 
 @dataclass
@@ -70,69 +73,35 @@ def load_digits_split(
     return _to_split(xtr, ytr, xte, yte, 10, "digits", dtype, device)
 
 
-def _make_env(seed: int):
-    """The toolkit's planar hopper with velocity cost if registered, else Gymnasium Hopper-v5."""
-    try:
-        import envs  # noqa: F401  (registers the toolkit's env ids when present)
-
-        return envs.make("SaferlPlanar-HopperVelocity-v0"), "SaferlPlanar-HopperVelocity-v0"
-    except Exception:  # env not available (yet): fall back to Gymnasium's planar Hopper
-        import gymnasium as gym
-
-        return gym.make("Hopper-v5"), "Hopper-v5"
-
-
-def _step_cost(info: dict, threshold: float) -> float:
-    if "cost" in info:
-        return float(info["cost"])
-    return float(info["x_velocity"] > threshold)
-
-
 def hopper_rollouts(
-    n_steps: int = 6000, seed: int = 0, threshold: float = HOPPER_VELOCITY_THRESHOLD
+    n_steps: int = 6000, seed: int = 0, env_id: str = SAFETY_TASK
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Roll out the perturbed random policy: obs (m, 11), cost (m,), episode id (m,), env id.
+    """Roll out the perturbed random policy (:func:`saferl.data.rollout_transitions`):
+    obs (m, 11), cost (m,), episode id (m,), env id. ``cost[t]`` is the cost of the step taken
+    from ``obs[t]``.
 
-    ``cost[t]`` is the cost of the step taken from ``obs[t]``."""
+    Per episode the policy is uniform on the action box, or (with probability 1/2) Gaussian with
+    scale U(0.2, 0.8) around a bias N(0.3, 0.4²) per joint."""
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    env, env_id = _make_env(seed)
     rng = np.random.default_rng(seed)
-    obs_list, costs, episodes = [], [], []
-    obs, _ = env.reset(seed=seed)
-    episode, bias, scale, uniform = 0, rng.normal(0.3, 0.4, 3), rng.uniform(0.2, 0.8), True
-    low, high = env.action_space.low, env.action_space.high
-    for _ in range(n_steps):
-        if uniform:
-            a = rng.uniform(low, high)
-        else:
-            a = np.clip(bias + scale * rng.standard_normal(3), low, high)
-        nxt, _, term, trunc, info = env.step(a)
-        obs_list.append(obs)
-        costs.append(_step_cost(info, threshold))
-        episodes.append(episode)
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset()
-            episode += 1
-            uniform = bool(rng.random() < 0.5)
-            bias, scale = rng.normal(0.3, 0.4, 3), rng.uniform(0.2, 0.8)
-    env.close()
-    return np.asarray(obs_list), np.asarray(costs), np.asarray(episodes), env_id
+    modes: dict[int, tuple] = {}
 
+    def policy(obs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+        actions = np.empty((len(obs), 3))
+        for row, e in enumerate(episodes):
+            uniform, bias, scale = modes.setdefault(
+                int(e), (rng.random() < 0.5, rng.normal(0.3, 0.4, 3), rng.uniform(0.2, 0.8))
+            )
+            noise = rng.uniform(-1, 1, 3) if uniform else bias + scale * rng.standard_normal(3)
+            actions[row] = noise
+        return actions
 
-def unsafe_within(costs: np.ndarray, episodes: np.ndarray, k: int) -> np.ndarray:
-    """Label 1 where a cost fires in steps t..t+k-1 of the same episode; (m,) int."""
-    if k < 1:
-        raise ValueError(f"horizon k must be >= 1, got {k}")
-    labels = np.zeros(len(costs), dtype=np.int64)
-    for j in range(k):
-        shifted = np.zeros_like(costs)
-        shifted[: len(costs) - j] = costs[j:]
-        same = np.zeros(len(costs), dtype=bool)
-        same[: len(costs) - j] = episodes[j:] == episodes[: len(costs) - j]
-        labels |= ((shifted > 0) & same).astype(np.int64)
-    return labels
+    runs = rollout_transitions(policy, lambda: make_env(env_id), n_steps, seed,
+                               episode_index=True)  # fmt: skip
+    d = runs.data
+    return (d["observations"][:n_steps], d["costs"][:n_steps],
+            runs.episode_ids()[:n_steps], env_id)  # fmt: skip
 
 
 def load_safety_split(
@@ -149,6 +118,7 @@ def load_safety_split(
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     obs, costs, episodes, env_id = hopper_rollouts(n_steps, seed)
+    obs = obs.astype(np.float64)
     y = unsafe_within(costs, episodes, horizon)
     ids = np.unique(episodes)
     rng = np.random.default_rng(seed + 1)

@@ -1,4 +1,10 @@
-"""Offline safe RL: FISOR, BC-All, BC-Safe, BCQ-Lag and the DSRL evaluation protocol."""
+"""Offline safe RL: FISOR, BC-All, BC-Safe, BCQ-Lag and the DSRL evaluation protocol.
+
+One file per algorithm; :mod:`saferl.offline.registry` names them (``METHODS``), every agent
+follows :class:`~saferl.offline.trainer.OfflineAgent` and trains through
+:func:`~saferl.offline.trainer.fit`. Datasets, metadata and rollouts come from
+:mod:`saferl.data`.
+"""
 
 from saferl.offline.bc import BC, BCConfig, bc_loss, train_bc
 from saferl.offline.bcq_lag import BCQLag, BCQLagConfig, train_bcq_lag
@@ -10,23 +16,9 @@ from saferl.offline.bench import (
     scatter_plot,
     write_results,
 )
-from saferl.offline.dataset import (
-    TaskInfo,
-    TransitionBuffer,
-    check_data,
-    safe_trajectories,
-    task_info,
-)
+from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.demo import demo_stage, random_rollouts
-from saferl.offline.evaluate import (
-    EpisodeResults,
-    dsrl_scores,
-    evaluate_policy,
-    make_env,
-    normalized_cost,
-    normalized_reward,
-    summarize,
-)
+from saferl.offline.evaluate import dsrl_scores, summarize
 from saferl.offline.fisor import (
     FISOR,
     FISORConfig,
@@ -53,16 +45,17 @@ from saferl.offline.networks import (
     ema_update,
     per_step_cost_threshold,
 )
+from saferl.offline.registry import METHODS, Method, get_method, make_config
+from saferl.offline.trainer import OfflineAgent, config_from_dict, fit
 
 __all__ = [
-    "BC", "BCConfig", "BCQLag", "BCQLagConfig", "BenchConfig", "EnsembleMLP", "EpisodeResults",
-    "FISOR", "FISORConfig", "FISORNets", "FourierFeatures", "LNResNetNoise", "MLP",
-    "TaskInfo", "TransitionBuffer", "actor_loss", "bc_loss", "check_data",
-    "constraint_signal", "demo_stage", "dsrl_scores", "ema_update", "evaluate_policy",
-    "expectile_loss", "feasibility_target", "load_tasks", "make_env",
-    "make_scheduler", "markdown_table", "normalized_cost", "normalized_reward",
-    "per_step_cost_threshold", "policy_weights", "q_h_loss", "q_r_loss", "random_rollouts",
-    "reversed_expectile_loss", "run_bench", "safe_trajectories",
-    "scatter_plot", "summarize", "task_info", "train_bc", "train_bcq_lag", "train_fisor",
-    "v_h_loss", "v_r_loss", "vp_betas", "write_results",
+    "BC", "BCConfig", "BCQLag", "BCQLagConfig", "BenchConfig", "EnsembleMLP", "FISOR",
+    "FISORConfig", "FISORNets", "FourierFeatures", "LNResNetNoise", "METHODS", "MLP", "Method",
+    "OfflineAgent", "TransitionBuffer", "actor_loss", "bc_loss", "config_from_dict",
+    "constraint_signal", "demo_stage", "dsrl_scores", "ema_update", "expectile_loss",
+    "feasibility_target", "fit", "get_method", "load_tasks", "make_config", "make_scheduler",
+    "markdown_table", "per_step_cost_threshold", "policy_weights", "q_h_loss", "q_r_loss",
+    "random_rollouts", "reversed_expectile_loss", "run_bench", "scatter_plot", "summarize",
+    "train_bc", "train_bcq_lag", "train_fisor", "v_h_loss", "v_r_loss", "vp_betas",
+    "write_results",
 ]  # fmt: skip

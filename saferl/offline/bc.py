@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from saferl.common.checkpoint import load_checkpoint, save_checkpoint
 from saferl.common.runtime import default_device, seeded
-from saferl.offline.dataset import TransitionBuffer, check_data, safe_trajectories
+from saferl.data.dsrl import DatasetMetadata, safe_trajectories, validate_data
+from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import MLP
+from saferl.offline.trainer import config_from_dict, fit
 
 
 @dataclass
@@ -40,10 +41,13 @@ class BCConfig:
     """κ for BC-Safe (keep trajectories with cost return ≤ κ); None = BC-All."""
     seed: int = 0
     """Seeds initialisation and minibatches."""
+    log_every: int = 1000
+    """Steps between logged statistics."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"BCConfig needs steps, batch_size >= 1 and lr > 0, got {self}")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.log_every < 1:
+            raise ValueError(f"BCConfig needs steps, batch_size, log_every >= 1 and lr > 0, "
+                             f"got {self}")  # fmt: skip
         if self.cost_limit is not None and self.cost_limit < 0:
             raise ValueError(f"cost_limit must be >= 0 or None, got {self.cost_limit}")
         self.hidden = tuple(self.hidden)
@@ -108,28 +112,30 @@ class BC:
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> BC:
         """Inverse of :meth:`save`."""
         state, meta = load_checkpoint(path, "bc")
-        agent = cls(meta["obs_dim"], meta["act_dim"], BCConfig(**meta["config"]), device)
+        config = config_from_dict(BCConfig, meta["config"])
+        agent = cls(meta["obs_dim"], meta["act_dim"], config, device)
         agent.actor.load_state_dict(state)
         return agent
 
 
 def train_bc(
     data: Mapping[str, np.ndarray],
-    metadata: Any = None,
+    metadata: DatasetMetadata | None = None,
     config: BCConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    writer: Any = None,
 ) -> tuple[BC, list[dict[str, float]]]:
-    """Train BC-All (``config.cost_limit`` None) or BC-Safe on a DSRL dict."""
+    """Train BC-All (``config.cost_limit`` None) or BC-Safe on a DSRL dict (``metadata`` is not
+    needed; accepted so every method trains through one signature)."""
     config = config or BCConfig()
-    check_data(data)
+    validate_data(data, strict_dtype=False, extra_keys=True)
     if config.cost_limit is not None:
         data = safe_trajectories(data, config.cost_limit)
     agent = BC(data["observations"].shape[1], data["actions"].shape[1], config, device)
     buffer = TransitionBuffer(data, agent.device)
-    log = []
-    for step in tqdm(range(config.steps), disable=not progress, desc="BC"):
-        stats = agent.update(buffer.sample(config.batch_size, agent.generator))
-        if step + 1 == config.steps or (step + 1) % 1000 == 0:
-            log.append({"step": step + 1, **{k: float(v) for k, v in stats.items()}})
-    return agent, log
+
+    def batches():
+        return (buffer.sample(config.batch_size, agent.generator),)
+
+    return agent, fit(agent, batches, config.steps, config.log_every, "BC", progress, writer)

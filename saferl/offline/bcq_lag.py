@@ -18,18 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from saferl.common.checkpoint import load_checkpoint, save_checkpoint
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig
 from saferl.common.runtime import default_device, seeded
-from saferl.offline.dataset import TransitionBuffer, check_data, task_info
+from saferl.data.dsrl import DatasetMetadata, validate_data
+from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import (
     MLP,
     EnsembleMLP,
     ema_update,
     per_step_cost_threshold,
 )
+from saferl.offline.trainer import config_from_dict, fit
 
 
 @dataclass
@@ -68,10 +69,12 @@ class BCQLagConfig:
     """PID gains (k_p, k_i, k_d) of the Lagrange multiplier."""
     seed: int = 0
     """Seeds initialisation, minibatches and VAE noise."""
+    log_every: int = 1000
+    """Steps between logged statistics."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.num_samples < 1:
-            raise ValueError(f"steps, batch_size, num_samples must be >= 1: {self}")
+        if min(self.steps, self.batch_size, self.num_samples, self.log_every) < 1:
+            raise ValueError(f"steps, batch_size, num_samples, log_every must be >= 1: {self}")
         if not 0.0 < self.gamma < 1.0 or self.cost_limit < 0 or self.phi < 0:
             raise ValueError(f"need 0 < gamma < 1, cost_limit >= 0, phi >= 0: {self}")
         self.hidden, self.vae_hidden, self.pid = (
@@ -273,7 +276,7 @@ class BCQLag:
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> BCQLag:
         """Inverse of :meth:`save`."""
         state, meta = load_checkpoint(path, "bcq_lag")
-        cfg = BCQLagConfig(**meta["config"])
+        cfg = config_from_dict(BCQLagConfig, meta["config"])
         agent = cls(meta["obs_dim"], meta["act_dim"], cfg, meta["horizon"], device)
         agent.nets.load_state_dict(state)
         return agent
@@ -281,26 +284,20 @@ class BCQLag:
 
 def train_bcq_lag(
     data: Mapping[str, np.ndarray],
-    metadata: Any,
+    metadata: DatasetMetadata,
     config: BCQLagConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    writer: Any = None,
 ) -> tuple[BCQLag, list[dict[str, float]]]:
     """Train BCQ-Lag on a DSRL dict (episode length from ``metadata.max_episode_steps``)."""
     config = config or BCQLagConfig()
-    check_data(data)
-    info = task_info(metadata)
-    agent = BCQLag(
-        data["observations"].shape[1],
-        data["actions"].shape[1],
-        config,
-        info.max_episode_steps,
-        device,
-    )
+    validate_data(data, strict_dtype=False, extra_keys=True)
+    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+    agent = BCQLag(obs_dim, act_dim, config, metadata.max_episode_steps, device)
     buffer = TransitionBuffer(data, agent.device)
-    log = []
-    for step in tqdm(range(config.steps), disable=not progress, desc="BCQ-Lag"):
-        stats = agent.update(buffer.sample(config.batch_size, agent.generator))
-        if step + 1 == config.steps or (step + 1) % 1000 == 0:
-            log.append({"step": step + 1, **{k: float(v) for k, v in stats.items()}})
-    return agent, log
+
+    def batches():
+        return (buffer.sample(config.batch_size, agent.generator),)
+
+    return agent, fit(agent, batches, config.steps, config.log_every, "BCQ-Lag", progress, writer)

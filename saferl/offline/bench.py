@@ -11,31 +11,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from saferl.common.io import save_figure, write_json, write_text
-from saferl.offline.bc import BCConfig, train_bc
-from saferl.offline.bcq_lag import BCQLagConfig, train_bcq_lag
-from saferl.offline.dataset import TaskInfo, check_data, task_info
-from saferl.offline.evaluate import dsrl_scores, evaluate_policy, make_env, summarize
-from saferl.offline.fisor import FISORConfig, train_fisor
-
-METHODS = ("bc_all", "bc_safe", "bcq_lag", "fisor")
-"""Method names the grid knows."""
-THRESHOLD_FREE = {"bc_all", "fisor"}
-"""Methods whose training ignores the cost threshold κ."""
+from saferl.data.dsrl import DatasetMetadata, validate_data
+from saferl.data.rollout import rollout
+from saferl.offline.evaluate import dsrl_scores, summarize
+from saferl.offline.registry import METHODS, get_method, make_config
 
 
 @dataclass
 class BenchConfig:
     """A benchmark grid and its training budgets."""
 
-    methods: tuple[str, ...] = METHODS
-    """Methods to run (subset of :data:`METHODS`)."""
+    methods: tuple[str, ...] = tuple(METHODS)
+    """Methods to run (names of :data:`saferl.offline.registry.METHODS`)."""
     thresholds: tuple[float, ...] | None = None
     """Cost thresholds κ; None = each dataset's ``cost_thresholds``."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -44,40 +38,32 @@ class BenchConfig:
     """Evaluation episodes per (method, threshold, seed)."""
     max_eval_steps: int | None = None
     """Evaluation episode length (None: the dataset's ``max_episode_steps``)."""
-    fisor: FISORConfig = field(default_factory=FISORConfig)
-    """FISOR budget and hyperparameters (its seed is replaced by the grid's)."""
-    bc: BCConfig = field(default_factory=BCConfig)
-    """BC-All / BC-Safe budget (seed and cost_limit replaced by the grid's)."""
-    bcq_lag: BCQLagConfig = field(default_factory=BCQLagConfig)
-    """BCQ-Lag budget (seed and cost_limit replaced by the grid's)."""
+    configs: dict[str, Any] = field(default_factory=dict)
+    """Per method name, its base config (instance or dict; default: the reference config);
+    the grid sets seed and, for threshold-conditioned methods, the cost threshold."""
     device: str | None = None
     """Torch device (default: cuda if available)."""
 
     def __post_init__(self) -> None:
-        unknown = set(self.methods) - set(METHODS)
+        unknown = sorted((set(self.methods) | set(self.configs)) - set(METHODS))
         if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; expected a subset of {METHODS}")
+            raise ValueError(f"unknown methods {unknown}; expected some of {sorted(METHODS)}")
         if not self.seeds or self.episodes < 1:
             raise ValueError("need at least one seed and one episode")
         if self.thresholds is not None and any(k < 0 for k in self.thresholds):
             raise ValueError(f"thresholds must be >= 0, got {self.thresholds}")
 
 
-Task = tuple[str, Mapping[str, np.ndarray], Any]
+Task = tuple[str, Mapping[str, np.ndarray], DatasetMetadata]
 """(task name, DSRL dict, metadata)."""
 
 
-def _train(method: str, data, meta, cfg: BenchConfig, seed: int, kappa: float | None):
-    """Train one method; returns its batched ``act`` function."""
-    dev = cfg.device
-    if method == "fisor":
-        agent, _ = train_fisor(data, meta, replace(cfg.fisor, seed=seed), dev)
-    elif method in ("bc_all", "bc_safe"):
-        limit = kappa if method == "bc_safe" else None
-        agent, _ = train_bc(data, meta, replace(cfg.bc, seed=seed, cost_limit=limit), dev)
-    else:
-        bcfg = replace(cfg.bcq_lag, seed=seed, cost_limit=float(kappa))
-        agent, _ = train_bcq_lag(data, meta, bcfg, dev)
+def _train(name: str, data, meta, cfg: BenchConfig, seed: int, kappa: float | None):
+    """Train one method (through the registry); returns its batched ``act`` function."""
+    method = get_method(name)
+    config = make_config(name, cfg.configs.get(name), seed=seed,
+                         cost_limit=kappa if method.threshold_conditioned else None)  # fmt: skip
+    agent, _ = method.train(data, meta, config, cfg.device)
     return agent.act
 
 
@@ -90,31 +76,26 @@ def run_bench(
 ) -> list[dict[str, Any]]:
     """Run the grid; returns one row per (task, method, threshold, seed).
 
-    ``env_fn(metadata)`` returns a zero-argument env factory (default: ``make_env`` with the
-    metadata's ``env_id`` and ``env_kwargs``). ``on_row`` is called with each row as soon as it
+    ``env_fn(metadata)`` returns a zero-argument env factory (default: the dataset's own task,
+    ``metadata.make_env``). ``on_row`` is called with each row as soon as it
     exists (e.g. to append it to a file, so that a long grid's partial results survive).
     """
     rows: list[dict[str, Any]] = []
     for name, data, meta in tasks:
-        check_data(data)
-        info = task_info(meta)
-        kappas = config.thresholds or tuple(getattr(meta, "cost_thresholds", (10.0, 20.0, 40.0)))
-        factory = env_fn(meta) if env_fn else _default_env_fn(meta, info)
+        validate_data(data, strict_dtype=False, extra_keys=True)
+        kappas = config.thresholds or tuple(meta.cost_thresholds)
+        factory = env_fn(meta) if env_fn else meta.make_env
         for method in config.methods:
+            conditioned = get_method(method).threshold_conditioned
             for seed in config.seeds:
-                groups = [tuple(kappas)] if method in THRESHOLD_FREE else [(k,) for k in kappas]
+                groups = [(k,) for k in kappas] if conditioned else [tuple(kappas)]
                 for group in groups:
                     start = time.perf_counter()
                     act = _train(method, data, meta, config, seed, group[0])
                     train_s = time.perf_counter() - start
-                    res = evaluate_policy(
-                        act,
-                        factory,
-                        config.episodes,
-                        seed=1000 * seed,
-                        max_steps=config.max_eval_steps or info.max_episode_steps,
-                    )
-                    for r in dsrl_scores(res, info, group):
+                    res = rollout(act, factory, config.episodes, seed=1000 * seed, record=False,
+                                  max_steps=config.max_eval_steps or meta.max_episode_steps)
+                    for r in dsrl_scores(res, meta, group):
                         rows.append(
                             {"task": name, "method": method, "seed": seed, "train_s": train_s, **r}
                         )
@@ -125,11 +106,6 @@ def run_bench(
                         if on_row is not None:
                             on_row(rows[-1])
     return rows
-
-
-def _default_env_fn(meta: Any, info: TaskInfo) -> Callable:
-    kwargs = dict(getattr(meta, "env_kwargs", {}) or {})
-    return lambda: make_env(info.env_id, **kwargs)
 
 
 def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
@@ -143,16 +119,13 @@ def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
     return tasks
 
 
-METHOD_LABELS = {"bc_all": "BC-All", "bc_safe": "BC-Safe", "bcq_lag": "BCQ-Lag", "fisor": "FISOR"}
-
-
 def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """Tasks as rows, methods as columns; cells ``reward / cost``, safe results in bold."""
     tasks = list(dict.fromkeys(r["task"] for r in summary))
     methods = [m for m in METHODS if any(r["method"] == m for r in summary)]
     cell = {(r["task"], r["method"]): r for r in summary}
     lines = [
-        "| task | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+        "| task | " + " | ".join(METHODS[m].label for m in methods) + " |",
         "|---|" + "---|" * len(methods),
     ]
     for t in tasks:
@@ -187,7 +160,7 @@ def scatter_plot(summary: Sequence[Mapping[str, Any]], path: str | Path) -> None
                     [p["reward"] for p in pts],
                     color=color,
                     marker=markers[ti % len(markers)],
-                    label=f"{METHOD_LABELS[m]} · {t}",
+                    label=f"{METHODS[m].label} · {t}",
                 )
     ax.axvline(1.0, color="k", ls="--", lw=1)
     ax.set_xlabel("normalised cost (safe ≤ 1)")

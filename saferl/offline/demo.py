@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from saferl.offline.dataset import task_info
-from saferl.offline.evaluate import dsrl_scores, evaluate_policy, make_env
+from saferl.data.dsrl import DatasetMetadata, infer_metadata, make_env
+from saferl.data.rollout import rollout, rollout_transitions
+from saferl.offline.evaluate import dsrl_scores
 from saferl.offline.fisor import FISORConfig, train_fisor
 
 DEMO_ENV = "SaferlPlanar-HopperVelocity-v0"
@@ -24,48 +25,36 @@ minute on a CPU; the algorithm is unchanged."""
 
 def random_rollouts(
     env_id: str = DEMO_ENV, transitions: int = 3000, max_steps: int = 200, seed: int = 0
-) -> tuple[dict[str, np.ndarray], Any]:
+) -> tuple[dict[str, np.ndarray], DatasetMetadata]:
     """A tiny DSRL dict from uniformly random actions (scaled per episode by a factor in
     [0.2, 1] so that reward and cost vary), with metadata inferred from the data."""
-    from saferl.data import infer_metadata
-    from saferl.data.dsrl import REQUIRED_KEYS
-
     if transitions < 1 or max_steps < 1:
         raise ValueError(f"transitions and max_steps must be >= 1, got {transitions}, {max_steps}")
     rng = np.random.default_rng(seed)
-    env = make_env(env_id)
-    keys = REQUIRED_KEYS
-    buf: dict[str, list] = {k: [] for k in keys}
-    episode = 0
-    while len(buf["rewards"]) < transitions:
-        obs, _ = env.reset(seed=seed + episode)
-        scale = rng.uniform(0.2, 1.0)
-        for t in range(max_steps):
-            act = scale * rng.uniform(-1, 1, env.action_space.shape)
-            nxt, r, term, trunc, info = env.step(act)
-            timeout = (t + 1 == max_steps or trunc) and not term
-            for k, v in zip(keys, (obs, nxt, act, r, info["cost"], term, timeout), strict=True):
-                buf[k].append(v)
-            obs = nxt
-            if term or timeout:
-                break
-        episode += 1
-    env.close()
-    data = {k: np.asarray(v, dtype=np.float32) for k, v in buf.items()}
-    if data["observations"].ndim == 1:
-        data = {k: v.reshape(len(v), -1) if k.endswith("ations") else v for k, v in data.items()}
+    scales: dict[int, float] = {}
+
+    def policy(obs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+        for e in episodes:
+            scales.setdefault(int(e), rng.uniform(0.2, 1.0))
+        scale = np.array([scales[int(e)] for e in episodes])[:, None]
+        return scale * rng.uniform(-1, 1, (len(obs), act_dim))
+
+    with make_env(env_id) as probe:
+        act_dim = probe.action_space.shape[0]
+    runs = rollout_transitions(policy, lambda: make_env(env_id), transitions, seed, max_steps,
+                               episode_index=True)  # fmt: skip
     meta = infer_metadata(
-        data,
+        runs.data,
         env_id=env_id,
         max_episode_steps=max_steps,
         collection=f"uniform random actions, seed {seed}",
     )
-    return data, meta
+    return runs.data, meta
 
 
 def demo_stage(
     dataset_path: str | Path | None = None,
-    iterations: int = 300,
+    steps: int = 300,
     episodes: int = 5,
     max_eval_steps: int = 200,
     seed: int = 0,
@@ -77,7 +66,7 @@ def demo_stage(
     Uses the DSRL file at ``dataset_path`` if given, else :func:`random_rollouts`. Returns the
     per-threshold scores, the last training statistics, timings, and the trained ``agent`` with
     the ``data`` and ``metadata`` it learnt from (for later demo stages). ``config`` replaces the
-    demo's FISOR config (:data:`DEMO_NETS`) except for iterations and seed.
+    demo's FISOR config (:data:`DEMO_NETS`) except for steps and seed.
     """
     start = time.perf_counter()
     if dataset_path is not None:
@@ -87,21 +76,17 @@ def demo_stage(
     else:
         data, meta = random_rollouts(seed=seed)
     base = asdict(config) if config is not None else DEMO_NETS
-    overrides = {"iterations": iterations, "seed": seed, "log_every": max(1, iterations)}
+    overrides = {"steps": steps, "seed": seed, "log_every": max(1, steps)}
     config = FISORConfig(**{**base, **overrides})
     agent, log = train_fisor(data, meta, config, device)
     train_s = time.perf_counter() - start
-    info = task_info(meta)
-    kwargs = dict(getattr(meta, "env_kwargs", {}) or {})
-    res = evaluate_policy(
-        agent.act, lambda: make_env(info.env_id, **kwargs), episodes, seed, max_steps=max_eval_steps
-    )
-    thresholds = list(getattr(meta, "cost_thresholds", [10.0, 20.0, 40.0]))
+    res = rollout(agent.act, meta.make_env, episodes, seed, max_steps=max_eval_steps,
+                  record=False)  # fmt: skip
     return {
-        "env_id": info.env_id,
+        "env_id": meta.env_id,
         "transitions": int(len(data["rewards"])),
-        "iterations": iterations,
-        "scores": dsrl_scores(res, info, thresholds),
+        "steps": steps,
+        "scores": dsrl_scores(res, meta, meta.cost_thresholds),
         "train_stats": log[-1],
         "train_seconds": train_s,
         "total_seconds": time.perf_counter() - start,

@@ -21,9 +21,8 @@ The diffusion model is DDPM with ``T = 5`` steps and the discrete VP schedule, r
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +30,21 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from torch import nn
-from tqdm import tqdm
 
 from saferl.common.checkpoint import load_checkpoint, save_checkpoint
 from saferl.common.runtime import TorchRNG, default_device, seeded
-from saferl.offline.dataset import TransitionBuffer, check_data, task_info
+from saferl.data.dsrl import DatasetMetadata, validate_data
+from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import MLP, EnsembleMLP, LNResNetNoise, ema_update
+from saferl.offline.trainer import config_from_dict, fit
 
 
 @dataclass
 class FISORConfig:
     """FISOR hyperparameters; defaults are the paper's / official code's reference values."""
 
-    iterations: int = 1_000_000
-    """Gradient iterations (each: one critic/value update and ``actor_splits`` actor updates)."""
+    steps: int = 1_000_000
+    """Training steps (each: one critic/value update and ``actor_splits`` actor updates)."""
     critic_batch_size: int = 256
     """Transitions per critic and value update."""
     actor_batch_size: int = 2048
@@ -100,11 +100,11 @@ class FISORConfig:
     seed: int = 0
     """Seeds torch for initialisation, minibatches and diffusion noise."""
     log_every: int = 1000
-    """Iterations between logged statistics."""
+    """Steps between logged statistics."""
 
     def __post_init__(self) -> None:
         positive = (
-            "iterations",
+            "steps",
             "critic_batch_size",
             "actor_batch_size",
             "actor_splits",
@@ -125,15 +125,6 @@ class FISORConfig:
         if not 0.0 < self.beta_min < self.beta_max:
             raise ValueError(f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
         self.critic_hidden = tuple(self.critic_hidden)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FISORConfig:
-        """A config from a dict (e.g. read from JSON); unknown keys raise ``KeyError``."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise KeyError(f"unknown FISORConfig fields {sorted(unknown)}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,9 +353,9 @@ class FISOR:
         )
         self.actor_opt = torch.optim.AdamW(n.actor.parameters(), lr=self.config.actor_lr)
         self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.actor_opt, T_max=self.config.iterations * self.config.actor_splits
+            self.actor_opt, T_max=self.config.steps * self.config.actor_splits
         )
-        self.iteration = 0
+        self.step = 0
 
     def update(
         self, critic_batch: Mapping[str, torch.Tensor], actor_batch: Mapping[str, torch.Tensor]
@@ -398,7 +389,7 @@ class FISOR:
             self.actor_sched.step()
             ema_update(n.actor_ema, n.actor, cfg.actor_ema)
         stats.update(s)
-        self.iteration += 1
+        self.step += 1
         return stats
 
     @torch.no_grad()
@@ -438,7 +429,7 @@ class FISOR:
         meta = {
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
-            "iteration": self.iteration,
+            "step": self.step,
             "config": asdict(self.config),
             **(extra or {}),
         }
@@ -448,47 +439,36 @@ class FISOR:
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> FISOR:
         """Inverse of :meth:`save` (safetensors; nothing is unpickled)."""
         state, meta = load_checkpoint(path, "fisor")
-        agent = cls(meta["obs_dim"], meta["act_dim"], FISORConfig.from_dict(meta["config"]), device)
+        config = config_from_dict(FISORConfig, meta["config"])
+        agent = cls(meta["obs_dim"], meta["act_dim"], config, device)
         agent.nets.load_state_dict(state)
-        agent.iteration = int(meta["iteration"])
+        agent.step = int(meta["step"])
         return agent
 
 
-def reward_scale_for(metadata: Any) -> float:
+def reward_scale_for(metadata: DatasetMetadata) -> float:
     """``max_episode_steps / (R_max − R_min)``, FISOR's reward rescaling."""
-    info = task_info(metadata)
-    return info.max_episode_steps / (info.reward_max - info.reward_min)
+    return metadata.max_episode_steps / (metadata.reward_max - metadata.reward_min)
 
 
 def train_fisor(
     data: Mapping[str, np.ndarray],
-    metadata: Any,
+    metadata: DatasetMetadata,
     config: FISORConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
     writer: Any = None,
 ) -> tuple[FISOR, list[dict[str, float]]]:
-    """Train FISOR on a DSRL dict; returns the agent and the statistics logged every
-    ``config.log_every`` iterations (and at the last one). ``writer``: optional TensorBoard
-    ``SummaryWriter``."""
+    """Train FISOR on a DSRL dict (:func:`~saferl.offline.trainer.fit`); returns the agent and
+    the statistics logged every ``config.log_every`` steps and at the last one."""
     config = config or FISORConfig()
-    check_data(data)
+    validate_data(data, strict_dtype=False, extra_keys=True)
     scale = reward_scale_for(metadata) if config.scale_rewards else 1.0
     agent = FISOR(data["observations"].shape[1], data["actions"].shape[1], config, device)
     buffer = TransitionBuffer(data, agent.device, reward_scale=scale)
-    log: list[dict[str, float]] = []
-    for it in tqdm(range(config.iterations), disable=not progress, desc="FISOR"):
-        stats = agent.update(
-            buffer.sample(config.critic_batch_size, agent.generator),
-            buffer.sample(config.actor_batch_size, agent.generator),
-        )
-        if (it + 1) % config.log_every == 0 or it + 1 == config.iterations:
-            stats = {k: float(v) for k, v in stats.items()}
-            stats["iteration"] = it + 1
-            log.append(stats)
-            if writer is not None:
-                for k, v in stats.items():
-                    writer.add_scalar(k, v, it + 1)
-            if not all(math.isfinite(v) for v in stats.values()):
-                raise FloatingPointError(f"FISOR training diverged at iteration {it + 1}: {stats}")
-    return agent, log
+
+    def batches():
+        return (buffer.sample(config.critic_batch_size, agent.generator),
+                buffer.sample(config.actor_batch_size, agent.generator))  # fmt: skip
+
+    return agent, fit(agent, batches, config.steps, config.log_every, "FISOR", progress, writer)

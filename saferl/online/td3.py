@@ -27,6 +27,7 @@ import envs
 from saferl.common.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_checkpoint
 from saferl.common.io import atomic_write, write_json
 from saferl.common.runtime import default_device, seeded, torch_threads, versions
+from saferl.data.rollout import rollout
 from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, make_config
 
 
@@ -263,25 +264,16 @@ def evaluate(
     The episodes run side by side (one batched actor call per step). ``actor`` maps flat
     observations (B, flat_dim) to actions (B, max_limbs * 3).
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
     device = next(actor.parameters()).device
-    pool = [envs.make(envs.env_id(agent), max_limbs=max_limbs, cost_type=cost_type)
-            for _ in range(episodes)]  # fmt: skip
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(pool)])
-    returns, costs = np.zeros(episodes), np.zeros(episodes)
-    alive = np.ones(episodes, dtype=bool)
-    steps = 0
-    while alive.any() and (max_steps is None or steps < max_steps):
-        actions = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        for i in np.flatnonzero(alive):
-            obs[i], reward, terminated, truncated, info = pool[i].step(actions[i])
-            returns[i] += reward
-            costs[i] += float(info.get("cost", 0.0))
-            alive[i] = not (terminated or truncated)
-        steps += 1
-    for env in pool:
-        env.close()
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    def env_fn():
+        return envs.make(envs.env_id(agent), max_limbs=max_limbs, cost_type=cost_type)
+
+    runs = rollout(policy, env_fn, episodes, seed, max_steps=max_steps, record=False)
+    returns, costs = runs.returns, runs.costs
     return {
         "return_mean": float(returns.mean()),
         "return_sd": float(returns.std()),

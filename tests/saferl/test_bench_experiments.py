@@ -18,5 +18,5 @@ def test_bench_offline_quick_and_merge(experiment, tmp_path):
     report = bench.main(["--merge", str(tmp_path / "p1_rows.json"), "--out", str(tmp_path),
                          "--prefix", "m"])  # fmt: skip
     assert "| quick-hopper |" in report and "FISOR's published results" in report
-    assert "Budget: FISOR 5 iterations" in report and "Methods bc_all, bc_safe" in report
+    assert "Budget: FISOR 5 steps" in report and "Methods bc_all, bc_safe" in report
     assert (tmp_path / "m_scatter.png").exists()

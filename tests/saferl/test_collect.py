@@ -17,8 +17,8 @@ from saferl.data.collection import (
     LagrangeState,
     LagrangianRewardWrapper,
     grid_filter,
-    rollout,
 )
+from saferl.data.rollout import rollout
 
 PLANAR = "SaferlPlanar-HopperVelocity-v0"
 
@@ -80,7 +80,8 @@ def test_reward_wrapper_shapes_and_sums():
 
 
 def test_rollout_records_flags():
-    trajs = rollout(lambda o, d: np.zeros((len(o), 1)), _ConstCost, 2, seed=0, noise_std=0.1)
+    trajs = rollout(lambda o: np.zeros((len(o), 1)), _ConstCost, 2, seed=0, noise_std=0.1)
+    trajs = trajs.episodes()
     assert len(trajs) == 2
     for t in trajs:
         assert t["rewards"].shape == (3,) and t["actions"].shape == (3, 1)

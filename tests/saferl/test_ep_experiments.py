@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from saferl.ep import EPNetConfig, EPNetwork, unsafe_within
+from saferl.data import unsafe_within
+from saferl.ep import EPNetConfig, EPNetwork
 from saferl.ep.checkpoint import load_network, save_network
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"

@@ -15,6 +15,7 @@ from saferl.offline import (
     FISORConfig,
     FISORNets,
     actor_loss,
+    config_from_dict,
     constraint_signal,
     expectile_loss,
     feasibility_target,
@@ -29,7 +30,7 @@ from saferl.offline import (
 )
 
 SMALL = dict(actor_width=32, actor_blocks=1, critic_hidden=(16, 16), time_dim=8,
-             actor_batch_size=16, critic_batch_size=8, iterations=10)  # fmt: skip
+             actor_batch_size=16, critic_batch_size=8, steps=10)  # fmt: skip
 
 
 def tiny_batch(b: int = 6, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> dict:
@@ -214,7 +215,7 @@ def test_checkpoint_round_trip(tmp_path):
     agent.generator.manual_seed(0)
     loaded.generator.manual_seed(0)
     np.testing.assert_array_equal(agent.act(obs), loaded.act(obs))
-    assert loaded.iteration == 1 and loaded.config == agent.config
+    assert loaded.step == 1 and loaded.config == agent.config
 
 
 def test_bad_inputs_raise():
@@ -223,7 +224,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="divisible"):
         FISORConfig(actor_batch_size=1001)
     with pytest.raises(KeyError, match="unknown"):
-        FISORConfig.from_dict({"nope": 1})
+        config_from_dict(FISORConfig, {"nope": 1})
     agent = FISOR(3, 2, FISORConfig(**SMALL), device="cpu")
     with pytest.raises(ValueError, match=r"\(B, 3\)"):
         agent.act(np.zeros((2, 4)))

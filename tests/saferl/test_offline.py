@@ -9,29 +9,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saferl.common import PIDLagrangian, PIDLagrangianConfig
+from saferl.data import (
+    DatasetMetadata,
+    Rollouts,
+    make_env,
+    rollout,
+    safe_trajectories,
+    split_trajectories,
+    trajectory_returns,
+    validate_data,
+)
 from saferl.offline import (
     BC,
     BCConfig,
     BCQLag,
     BCQLagConfig,
-    EpisodeResults,
-    TaskInfo,
     TransitionBuffer,
     bc_loss,
-    check_data,
     dsrl_scores,
     ema_update,
-    evaluate_policy,
-    normalized_cost,
-    normalized_reward,
     per_step_cost_threshold,
-    safe_trajectories,
     summarize,
-    task_info,
     train_bc,
     train_bcq_lag,
 )
-from saferl.offline.dataset import episode_ids, trajectory_returns
 from saferl.offline.networks import EnsembleMLP, FourierFeatures, LNResNetNoise
 
 
@@ -52,12 +53,12 @@ def toy_data(n_traj: int = 4, length: int = 5, obs_dim: int = 3, act_dim: int = 
     }
 
 
-INFO = TaskInfo("Hopper-v5", 5, 0.0, 10.0)
+INFO = DatasetMetadata("Hopper-v5", 5, 0.0, 10.0, max_cost=15.0)
 
 
 def test_trajectories_split_on_terminals_and_timeouts():
     data = toy_data()
-    assert episode_ids(data).tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+    assert split_trajectories(data).tolist() == [[0, 5], [5, 10], [10, 15], [15, 20]]
     rewards, costs = trajectory_returns(data)
     assert rewards.tolist() == [5, 5, 5, 5] and costs.tolist() == [0, 5, 10, 15]
 
@@ -69,20 +70,21 @@ def test_bc_safe_keeps_trajectories_within_budget():
         safe_trajectories({**toy_data(), "costs": np.ones(20, np.float32) * 9}, 1.0)
 
 
-def test_check_data_names_the_problem():
+def test_validate_data_names_the_problem():
     data = toy_data()
     with pytest.raises(KeyError, match="costs"):
-        check_data({k: v for k, v in data.items() if k != "costs"})
+        validate_data({k: v for k, v in data.items() if k != "costs"})
     bad = {**data, "rewards": data["rewards"].copy()}
     bad["rewards"][3] = np.nan
     with pytest.raises(ValueError, match="rewards"):
-        check_data(bad)
+        validate_data(bad)
     with pytest.raises(ValueError, match="actions"):
-        check_data({**data, "actions": data["actions"][:-1]})
-    with pytest.raises(KeyError, match="reward_max"):
-        task_info({"env_id": "x", "max_episode_steps": 5, "reward_min": 0.0})
-    with pytest.raises(ValueError, match="reward_max > reward_min"):
-        TaskInfo("x", 5, 1.0, 1.0)
+        validate_data({**data, "actions": data["actions"][:-1]})
+    # the learners accept any real dtype and extra keys; the file format does not
+    loose = {**data, "rewards": data["rewards"].astype(np.float64), "infos/x": data["costs"]}
+    assert validate_data(loose, strict_dtype=False, extra_keys=True) == 20
+    with pytest.raises(KeyError, match="infos/x"):
+        validate_data(loose, strict_dtype=False)
 
 
 def test_buffer_scales_rewards_and_marks_done():
@@ -94,11 +96,12 @@ def test_buffer_scales_rewards_and_marks_done():
 
 
 def test_normalised_scores_hand_values():
-    assert normalized_reward(7.5, INFO) == pytest.approx(0.75)
-    assert normalized_cost(5.0, 10.0) == pytest.approx(0.5)
-    assert normalized_cost(0.0, 0.0) == pytest.approx(1.0)  # ε = 1 when κ = 0
-    assert normalized_cost(1.0, 0.0) == pytest.approx(2.0)
-    res = EpisodeResults(np.array([5.0, 10.0]), np.array([10.0, 30.0]), np.array([5, 5]))
+    assert INFO.normalized_reward(7.5) == pytest.approx(0.75)
+    assert INFO.normalized_cost(5.0, 10.0) == pytest.approx(0.5)
+    assert INFO.normalized_cost(0.0, 0.0) == pytest.approx(1.0)  # ε = 1 when κ = 0
+    assert INFO.normalized_cost(1.0, 0.0) == pytest.approx(2.0)
+    res = Rollouts(np.array([5.0, 10.0]), np.array([10.0, 30.0]), np.array([5, 5]),
+                   np.array([False, False]), [{}, {}])  # fmt: skip
     rows = dsrl_scores(res, INFO, [10.0, 40.0])
     assert [r["cost"] for r in rows] == [2.0, 0.5] and [r["safe"] for r in rows] == [False, True]
     assert rows[0]["reward"] == pytest.approx(0.75)
@@ -110,7 +113,7 @@ def test_normalised_scores_hand_values():
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 1000), st.just(0.0) | st.floats(1e-3, 1e3))
 def test_normalised_cost_safe_iff_within_threshold(cost, kappa):
-    assert (normalized_cost(cost, kappa) <= 1.0) == (cost <= kappa)
+    assert (INFO.normalized_cost(cost, kappa) <= 1.0) == (cost <= kappa)
 
 
 def test_per_step_threshold_and_pid_hand_values():
@@ -179,20 +182,18 @@ def test_bcq_lag_trains_and_raises_lambda_on_costly_data(tmp_path):
                                   agent.act(data["observations"]))  # fmt: skip
 
 
-def test_evaluate_policy_runs_episodes_side_by_side():
+def test_rollout_runs_episodes_side_by_side():
     calls = []
 
     def policy(obs):
         calls.append(len(obs))
         return np.zeros((len(obs), 3))
 
-    from saferl.offline import make_env
-
-    res = evaluate_policy(policy, lambda: make_env("Hopper-v5"), episodes=3, max_steps=7)
+    res = rollout(policy, lambda: make_env("Hopper-v5"), episodes=3, max_steps=7, record=False)
     assert res.lengths.tolist() == [7, 7, 7] and calls[0] == 3 and len(calls) == 7
     assert np.all(res.costs >= 0) and res.returns.shape == (3,)
     with pytest.raises(ValueError):
-        evaluate_policy(policy, lambda: make_env("Hopper-v5"), episodes=0)
+        rollout(policy, lambda: make_env("Hopper-v5"), episodes=0)
 
 
 def test_ensemble_member_is_a_plain_copy_of_one_member() -> None:

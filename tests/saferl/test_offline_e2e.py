@@ -1,4 +1,4 @@
-"""End to end: a tiny dataset from the real env, FISOR for a few hundred iterations, DSRL
+"""End to end: a tiny dataset from the real env, FISOR for a few hundred steps, DSRL
 metrics; the same path ``saferl demo`` runs."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ def test_random_rollouts_are_a_valid_dsrl_dataset():
 def test_fisor_quick_run_produces_dsrl_metrics():
     small = FISORConfig(actor_width=32, actor_blocks=1, critic_hidden=(32, 32), time_dim=8,
                         actor_batch_size=64, critic_batch_size=64, actor_splits=1)  # fmt: skip
-    out = demo_stage(iterations=300, episodes=3, max_eval_steps=60, config=small, device="cpu")
-    assert out["iterations"] == 300 and out["env_id"] == "SaferlPlanar-HopperVelocity-v0"
+    out = demo_stage(steps=300, episodes=3, max_eval_steps=60, config=small, device="cpu")
+    assert out["steps"] == 300 and out["env_id"] == "SaferlPlanar-HopperVelocity-v0"
     assert [r["threshold"] for r in out["scores"]] == [10.0, 20.0, 40.0]
     for row in out["scores"]:
         assert set(row) >= {"reward", "cost", "safe", "raw_return", "raw_cost"}
         assert math.isfinite(row["reward"]) and row["cost"] >= 0
         assert row["safe"] == (row["cost"] <= 1.0)
     stats = out["train_stats"]
-    assert stats["iteration"] == 300 and all(math.isfinite(v) for v in stats.values())
+    assert stats["step"] == 300 and all(math.isfinite(v) for v in stats.values())
     assert 0.0 <= stats["values/feasible_fraction"] <= 1.0

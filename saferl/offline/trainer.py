@@ -1,0 +1,96 @@
+"""The training loop every offline agent shares: minibatches, logging, divergence checks.
+
+An offline agent follows the protocol :class:`OfflineAgent` (``update``, ``act``, ``save``,
+``load``); :func:`fit` runs its updates for ``steps`` steps, logs its statistics every
+``log_every`` steps (and at the last one) to a list and, optionally, TensorBoard, and stops with
+:class:`FloatingPointError` as soon as a logged statistic or, at the end, a weight is not finite —
+so no agent returns NaN weights as if it had trained.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+Batches = Callable[[], tuple[Mapping[str, torch.Tensor], ...]]
+C = TypeVar("C")
+
+
+@runtime_checkable
+class OfflineAgent(Protocol):
+    """What the benchmark, ``saferl train-offline`` and the certificates need of an agent."""
+
+    def update(self, *batches: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One training step on sampled minibatches; returns scalar statistics."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Batched deterministic actions ``(B, obs_dim) -> (B, act_dim)`` in [−1, 1]."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a checkpoint folder (``saferl.common.checkpoint``)."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Any:
+        """Rebuild the agent from :meth:`save`'s folder."""
+
+
+def fit(
+    agent: Any,
+    batches: Batches,
+    steps: int,
+    log_every: int,
+    name: str,
+    progress: bool = False,
+    writer: Any = None,
+) -> list[dict[str, float]]:
+    """Run ``steps`` updates ``agent.update(*batches())``; returns the logged statistics.
+
+    ``writer``: an optional TensorBoard ``SummaryWriter`` (scalars per logged step).
+    """
+    log: list[dict[str, float]] = []
+    for step in tqdm(range(1, steps + 1), disable=not progress, desc=name):
+        stats = agent.update(*batches())
+        if step % log_every == 0 or step == steps:
+            row = {k: float(v) for k, v in stats.items()}
+            bad = sorted(k for k, v in row.items() if not math.isfinite(v))
+            row["step"] = step
+            log.append(row)
+            if writer is not None:
+                for key, value in row.items():
+                    writer.add_scalar(key, value, step)
+            if bad:
+                raise FloatingPointError(
+                    f"{name} training diverged at step {step}: {bad} not finite "
+                    "(rescale rewards/costs or lower the learning rate)"
+                )
+    _check_weights(agent, name, steps)
+    return log
+
+
+def _check_weights(agent: Any, name: str, step: int) -> None:
+    modules = [v for v in vars(agent).values() if isinstance(v, torch.nn.Module)]
+    for module in modules:
+        for pname, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise FloatingPointError(
+                    f"{name} training diverged by step {step}: weight {pname!r} is not finite"
+                )
+
+
+def config_from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+    """A config dataclass from a dict (e.g. JSON); unknown keys raise KeyError naming them and
+    the known ones, so a typo never silently falls back to a default."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{cls.__name__} needs a dict of fields, got {type(values).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise KeyError(f"unknown {cls.__name__} field(s) {unknown}; expected some of {names}")
+    return cls(**values)
