@@ -15,6 +15,7 @@ squashing of the deterministic mean). Actions live in the squashed [-1, 1] space
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +34,25 @@ def as_actor_module(actor: nn.Module) -> nn.Module:
     return actor
 
 
-def _rescale(lo: Tensor, hi: Tensor, low, high) -> tuple[Tensor, Tensor]:
+def _action_range(low, high, like: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(action_low, action_high)`` as tensors like ``like`` (None: the squashed [-1, 1])."""
     if low is None and high is None:
-        return lo, hi
-    low_t = torch.as_tensor(low, dtype=lo.dtype, device=lo.device)
-    high_t = torch.as_tensor(high, dtype=lo.dtype, device=lo.device)
+        return None
+    if low is None or high is None:
+        raise ValueError("give both action_low and action_high (or neither)")
+    low_t = torch.as_tensor(low, dtype=like.dtype, device=like.device)
+    high_t = torch.as_tensor(high, dtype=like.dtype, device=like.device)
+    if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
+        raise ValueError("action_low and action_high must be finite (got NaN or inf)")
     if (high_t < low_t).any():
         raise ValueError("action_high must be >= action_low")
+    return low_t, high_t
+
+
+def _rescale(lo: Tensor, hi: Tensor, rng: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    if rng is None:
+        return lo, hi
+    low_t, high_t = rng
     scale = (high_t - low_t) / 2
     return low_t + (lo + 1) * scale, low_t + (hi + 1) * scale
 
@@ -55,17 +68,19 @@ def action_bounds(
     action_high=None,
 ) -> tuple[Tensor, Tensor]:
     """Bounds (B, act_dim) on the action for every observation in the l_inf ball of radius eps."""
+    rng = _action_range(action_low, action_high, obs)
     net = as_actor_module(actor)
     with torch.no_grad():
         lo, hi = compute_bounds(net, obs, eps, method=method, x_min=x_min, x_max=x_max)
-    return _rescale(lo, hi, action_low, action_high)
+    return _rescale(lo, hi, rng)
 
 
 def nominal_action(actor: nn.Module, obs: Tensor, action_low=None, action_high=None) -> Tensor:
+    rng = _action_range(action_low, action_high, obs)
     net = as_actor_module(actor)
     with torch.no_grad():
         a = net(obs)
-    return _rescale(a, a, action_low, action_high)[0]
+    return _rescale(a, a, rng)[0]
 
 
 def certified_deviation(actor: nn.Module, obs: Tensor, eps, method: str = "crown", **kw) -> Tensor:
@@ -79,8 +94,8 @@ def fraction_certified(
     actor: nn.Module, obs: Tensor, eps, delta: float, method: str = "crown", **kw
 ) -> float:
     """Fraction of states whose certified deviation is at most ``delta``."""
-    if delta < 0:
-        raise ValueError(f"delta must be >= 0, got {delta}")
+    if not (delta >= 0 and math.isfinite(delta)):
+        raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
     return float((certified_deviation(actor, obs, eps, method, **kw) <= delta).float().mean())
 
 
@@ -127,6 +142,8 @@ def feasibility_certificate(
     ``critic`` maps the concatenation (B, obs_dim + act_dim) to (B, 1) (wrap an SB3 critic or a
     two-input critic with :class:`ConcatCritic`). certified = q_upper <= threshold.
     """
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     a_lo, a_hi = action_bounds(actor, obs, eps, method, x_min, x_max)
     with torch.no_grad():
         o = obs.reshape(obs.shape[0], -1)

@@ -83,7 +83,8 @@ def _leaky_relax(lo: Tensor, hi: Tensor, a: float) -> tuple[Tensor, Tensor, Tens
     width = torch.where(unstable, hi - lo, torch.ones_like(lo))
     chord = torch.where(unstable, (hi - a * lo) / width, torch.ones_like(lo))
     us = torch.where(dead, torch.full_like(lo, a), chord)
-    ub = torch.where(unstable, (a - 1.0) * lo * hi / width, torch.zeros_like(lo))
+    # (a - 1) l u / (u - l) as (a - 1) l (u / (u - l)): l u alone overflows for huge intervals
+    ub = torch.where(unstable, (a - 1.0) * lo * (hi / width), torch.zeros_like(lo))
     adaptive = torch.where(hi > -lo, torch.ones_like(lo), torch.full_like(lo, a))
     ls = torch.where(
         active, torch.ones_like(lo), torch.where(dead, torch.full_like(lo, a), adaptive)

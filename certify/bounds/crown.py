@@ -21,6 +21,10 @@ Two equivalent paths compute those backward bounds:
   selection rule is applied afterwards, so both paths agree up to rounding.
 
 The first affine layer on the input is bounded exactly and needs no backward pass.
+
+Overflow: for huge input sets (eps ~ 1e30) backward products can overflow to inf − inf = NaN.
+Intersections ignore such values (``fmax``/``fmin``) and the final bounds fall back to IBP's on
+the output where CROWN's are not finite, so CROWN is finite wherever IBP is, and never NaN.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from torch import Tensor
 
 from certify.bounds import symbolic as sym
 from certify.bounds.graph import Graph
-from certify.bounds.ibp import exact_affine, input_rows
+from certify.bounds.ibp import exact_affine, ibp_spec, input_rows
 from certify.bounds.inputs import InputSet, concretize_lower
 from certify.bounds.ops import Interval
 
@@ -164,8 +168,8 @@ def _fast_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval
         cl, cu = _rows_bounds(graph, i, idx, sub, rel)
         stats.intermediate_rows += 2 * int(valid.sum())
         rl, ru = lo[sel].gather(1, idx), hi[sel].gather(1, idx)
-        lo[sel] = lo[sel].scatter(1, idx, torch.where(valid, torch.maximum(rl, cl), rl))
-        hi[sel] = hi[sel].scatter(1, idx, torch.where(valid, torch.minimum(ru, cu), ru))
+        nl, nu = _intersect((rl, ru), (cl, cu), valid)
+        lo[sel], hi[sel] = lo[sel].scatter(1, idx, nl), hi[sel].scatter(1, idx, nu)
     return lo, hi
 
 
@@ -183,10 +187,18 @@ def _dense_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interva
         parts_u.append(cu)
     cl, cu = torch.cat(parts_l), torch.cat(parts_u)
     stats.intermediate_rows += 2 * cl.numel()
-    lo, hi = ref
-    return torch.where(mask, torch.maximum(lo, cl), lo), torch.where(
-        mask, torch.minimum(hi, cu), hi
-    )
+    return _intersect(ref, (cl, cu), mask)
+
+
+def _intersect(ref: Interval, new: Interval, mask: Tensor | None = None) -> Interval:
+    """``ref`` tightened by ``new`` where ``mask`` holds. ``fmax``/``fmin`` ignore NaN: a backward
+    or symbolic bound that overflowed (inf − inf, for huge input sets) leaves the sound reference
+    in place instead of poisoning every later layer."""
+    (lo, hi), (nl, nu) = ref, new
+    lo_t, hi_t = torch.fmax(lo, nl), torch.fmin(hi, nu)
+    if mask is None:
+        return lo_t, hi_t
+    return torch.where(mask, lo_t, lo), torch.where(mask, hi_t, hi)
 
 
 def _tighten(graph, i, ref, inp, relax, fast, max_elems, stats) -> Interval:
@@ -304,14 +316,28 @@ def _crown_chunk(graph, inp, C, method, fast, max_elems, stats, use_sym) -> Inte
             ref = op.ibp(prev)
             feeds_act = i < last and nodes[i + 1].op.kind == "activation"
             if method == "crown" and feeds_act and state is not None:
-                s_lo, s_hi = sym.bounds(state, inp)
-                ref = torch.maximum(ref[0], s_lo), torch.minimum(ref[1], s_hi)
+                ref = _intersect(ref, sym.bounds(state, inp))
         if method == "crown" and feeds_act:
             with _timed(stats, "rows"):
                 ref = _tighten(graph, i, ref, inp, relax, fast, max_elems, stats)
         bounds[i] = ref
     with _timed(stats, "final"):
-        return _final(graph, last, inp, relax, C, stats)
+        return _or_ibp(_final(graph, last, inp, relax, C, stats), bounds[last], C)
+
+
+def _or_ibp(crown: Interval, box: Interval, C: Tensor | None) -> Interval:
+    """CROWN's bounds where finite, else IBP's from the output box (sound as well; ±inf where
+    even that overflowed). For huge input sets the backward products overflow (inf − inf)
+    while interval bounds through saturating activations stay finite."""
+    inf = torch.inf
+    lo, hi = ibp_spec(box, C)
+    lo = torch.nan_to_num(lo, nan=-inf, posinf=inf, neginf=-inf)
+    hi = torch.nan_to_num(hi, nan=inf, posinf=inf, neginf=-inf)
+    # |v| < inf is isfinite(v) in two kernels (NaN compares false)
+    return (
+        torch.where(crown[0].abs() < inf, crown[0], lo),
+        torch.where(crown[1].abs() < inf, crown[1], hi),
+    )
 
 
 def _final(graph, last, inp, relax, C, stats) -> Interval:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from numbers import Real
 
 import torch
@@ -31,15 +32,6 @@ def get_graph(model: nn.Module, x: Tensor) -> Graph:
     return graph
 
 
-def _all_finite(x: Tensor, e: Tensor | float) -> tuple[bool, bool]:
-    """Whether ``x`` is finite and ``e`` finite and non-negative, read back together."""
-    if not isinstance(e, Tensor):
-        return bool(torch.isfinite(x).all()), math.isfinite(e) and e >= 0
-    flags = torch.stack([torch.isfinite(x).all(), (torch.isfinite(e) & (e >= 0)).all()])
-    x_ok, e_ok = flags.tolist()
-    return x_ok, e_ok
-
-
 def _as_tensor(v, x: Tensor, what: str) -> Tensor:
     if isinstance(v, Real) and not isinstance(v, bool):
         return torch.tensor(float(v), dtype=x.dtype, device=x.device)
@@ -58,50 +50,92 @@ def _broadcast(v: Tensor, x: Tensor, what: str) -> Tensor:
         ) from err
 
 
-def make_input_set(x: Tensor, eps, norm: float, x_min, x_max) -> InputSet:
-    """Validate ``eps``/bounds and build the (flattened) perturbation set."""
+def _check_x(x: Tensor) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor of shape (B, features...)")
     if x.dim() < 2:
         raise ValueError(f"x must be batched with shape (B, features...), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"x is an empty batch (shape {tuple(x.shape)}); expected at least one example"
+        )
+
+
+def _check_values(x: Tensor, e: Tensor | float, mn: Tensor | None, mx: Tensor | None) -> None:
+    """NaN/inf in ``x``, bad ``eps``, NaN or crossed data bounds, ``x`` outside them: all flags
+    are read back together (one host-device synchronisation on CUDA)."""
+    if isinstance(e, Tensor):
+        e_ok: Tensor | bool = (torch.isfinite(e) & (e >= 0)).all()
+    else:
+        e_ok = math.isfinite(e) and e >= 0
+    checks: list[tuple[Tensor | bool, Callable[[], str]]] = [
+        (torch.isfinite(x).all(), lambda: "x contains NaN or infinite values"),
+        (e_ok, lambda: "eps must be finite and non-negative (got NaN, inf or a negative value)"),
+    ]
+    for name, b in (("x_min", mn), ("x_max", mx)):
+        if b is not None:
+            msg = f"{name} contains NaN; expected numbers (or -inf/inf for no bound)"
+            checks.append((~torch.isnan(b).any(), lambda msg=msg: msg))
+    if mn is not None and mx is not None:
+        checks.append(((mn <= mx).all(), lambda: "x_min must be <= x_max everywhere"))
+    if mn is not None:
+        checks.append(((x >= mn).all(), lambda: _outside_message(x, mn, 1, "x_min")))
+    if mx is not None:
+        checks.append(((x <= mx).all(), lambda: _outside_message(x, mx, -1, "x_max")))
+    _raise_first(checks)
+
+
+def _raise_first(checks: list[tuple[Tensor | bool, Callable[[], str]]]) -> None:
+    """Raise ``ValueError`` for the first failed check; tensor flags are read in one go."""
+    flags = [ok for ok, _ in checks if isinstance(ok, Tensor)]
+    read = iter(torch.stack(flags).tolist() if len(flags) > 1 else [bool(f) for f in flags])
+    for ok, message in checks:
+        if not (next(read) if isinstance(ok, Tensor) else ok):
+            raise ValueError(message())
+
+
+def _outside_message(x: Tensor, bound: Tensor, sign: int, name: str) -> str:
+    """Where and by how much ``x`` leaves ``[x_min, x_max]`` (error path only)."""
+    gap = (sign * (bound - x)).reshape(x.shape[0], -1)  # > 0 where x is outside
+    worst = int(gap.argmax())
+    row, feat = divmod(worst, gap.shape[1])
+    side = "below" if sign > 0 else "above"
+    return (
+        f"x lies {side} {name} in {int((gap > 0).sum())} of {gap.numel()} entries, by up to "
+        f"{float(gap.max()):.4g} (worst at row {row}, flattened feature {feat}); the "
+        f"bounds would not contain f(x): pass x inside [x_min, x_max] or widen the data bounds"
+    )
+
+
+def make_input_set(x: Tensor, eps, norm: float, x_min, x_max) -> InputSet:
+    """Validate ``x``, ``eps`` and the data bounds, and build the (flattened) perturbation set."""
+    _check_x(x)
     scalar = isinstance(eps, Real) and not isinstance(eps, bool)
     e = eps if scalar else _as_tensor(eps, x, "eps")
-    x_ok, e_ok = _all_finite(x, e)  # one host-device synchronisation on CUDA
-    if not x_ok:
-        raise ValueError("x contains NaN or infinite values")
-    if not e_ok:
-        raise ValueError("eps must be finite and non-negative (got NaN, inf or a negative value)")
+    if norm not in (math.inf, 1, 2):
+        raise ValueError(f"norm must be math.inf, 1 or 2, got {norm}")
+    if norm != math.inf and (x_min is not None or x_max is not None):
+        raise ValueError("clipping to x_min/x_max is supported for norm=inf only")
+    mn = _broadcast(_as_tensor(x_min, x, "x_min"), x, "x_min") if x_min is not None else None
+    mx = _broadcast(_as_tensor(x_max, x, "x_max"), x, "x_max") if x_max is not None else None
+    _check_values(x, e, mn, mx)
     B = x.shape[0]
-    if norm == math.inf and scalar and x_min is None and x_max is None:
+    if norm == math.inf and scalar and mn is None and mx is None:
         lo, hi = x - e, x + e  # no broadcast tensor needed for a float radius
         return InputSet(lo.reshape(B, -1), hi.reshape(B, -1))
     e = _broadcast(_as_tensor(e, x, "eps") if scalar else e, x, "eps")
     if norm == math.inf:
         lo, hi = x - e, x + e
-        if x_min is not None or x_max is not None:
-            lo, hi = _clip(x, lo, hi, x_min, x_max)
+        if mn is not None:
+            lo, hi = torch.maximum(lo, mn), torch.maximum(hi, mn)
+        if mx is not None:
+            lo, hi = torch.minimum(lo, mx), torch.minimum(hi, mx)
         return InputSet(lo.reshape(B, -1), hi.reshape(B, -1))
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be math.inf, 1 or 2, got {norm}")
-    if x_min is not None or x_max is not None:
-        raise ValueError("clipping to x_min/x_max is supported for norm=inf only")
     ef = e.reshape(B, -1)
     if not (ef == ef[:, :1]).all():
         raise ValueError("per-feature eps is supported for norm=inf only")
     x0 = x.reshape(B, -1)
     return InputSet(x0 - ef, x0 + ef, float(norm), x0, ef[:, :1].clone())
-
-
-def _clip(x: Tensor, lo: Tensor, hi: Tensor, x_min, x_max) -> tuple[Tensor, Tensor]:
-    mn = _broadcast(_as_tensor(x_min, x, "x_min"), x, "x_min") if x_min is not None else None
-    mx = _broadcast(_as_tensor(x_max, x, "x_max"), x, "x_max") if x_max is not None else None
-    if mn is not None and mx is not None and (mn > mx).any():
-        raise ValueError("x_min must be <= x_max everywhere")
-    if mn is not None:
-        lo, hi = torch.maximum(lo, mn), torch.maximum(hi, mn)
-    if mx is not None:
-        lo, hi = torch.minimum(lo, mx), torch.minimum(hi, mx)
-    return lo, hi
 
 
 def _check_C(C, B: int, n_out: int, x: Tensor) -> Tensor | None:
@@ -146,7 +180,8 @@ def compute_bounds(
         method: ``"ibp"``, ``"crown"`` or ``"crown-ibp"``.
         norm: ``math.inf`` (box, per-feature eps and clipping allowed), 1 or 2.
         C: specification, (m, n_out) or (B, m, n_out).
-        x_min, x_max: data bounds; the ball is intersected with ``[x_min, x_max]``.
+        x_min, x_max: data bounds (numbers, ±inf for none, or tensors broadcastable to ``x``);
+            ``x`` must lie inside them; the ball is intersected with ``[x_min, x_max]``.
         fast: CROWN computes intermediate bounds for unstable neurons only (``False``: the dense
             reference path with full A matrices).
         backend: ``"native"`` or ``"auto_lirpa"`` (when installed).
@@ -156,13 +191,19 @@ def compute_bounds(
     Returns:
         ``(lower, upper)``, each (B, m): for every x' in the set, lower <= C f(x') <= upper
         (up to floating-point rounding).
+
+    Raises (before any bound is computed): ``TypeError`` for a non-float ``x`` or one whose dtype
+    differs from the model's; ``ValueError`` for an empty batch, NaN/inf in ``x``, a negative or
+    non-finite ``eps``, NaN or crossed ``x_min``/``x_max``, ``x`` outside them, a feature count
+    the model's first layer does not take, or a model on another device.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if backend not in ("native", "auto_lirpa"):
         raise ValueError(f"backend must be 'native' or 'auto_lirpa', got {backend!r}")
+    _check_x(x)
+    _check_model(model, x)
     inp = make_input_set(x, eps, norm, x_min, x_max)
-    _check_device(model, x)
     if backend == "auto_lirpa":
         from certify.backends import auto_lirpa_bounds
 
@@ -178,10 +219,18 @@ def compute_bounds(
     return crown_chain(graph, inp, C, method, fast=fast, stats=stats, reference=reference)
 
 
-def _check_device(model: nn.Module, x: Tensor) -> None:
+def _check_model(model: nn.Module, x: Tensor) -> None:
+    """Same device and floating dtype for the model and ``x`` (never cast behind the caller)."""
     p = next(model.parameters(), None)
-    if p is not None and p.device != x.device:
+    if p is None:
+        return
+    if p.device != x.device:
         raise ValueError(f"model is on {p.device} but x is on {x.device}; move one of them")
+    if p.is_floating_point() and p.dtype != x.dtype:
+        raise TypeError(
+            f"x has dtype {x.dtype} but the model's parameters are {p.dtype}; cast one of them "
+            f"(x.to({p.dtype}) or model.to({x.dtype}))"
+        )
 
 
 def _check_flat(graph: Graph, method: str) -> None:

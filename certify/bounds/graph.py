@@ -36,10 +36,21 @@ class Graph:
     dtype: torch.dtype = torch.float32
 
     def infer_shapes(self, x: Tensor) -> None:
-        """Record per-node output shapes (without batch) from one example row."""
+        """Record per-node output shapes (without batch) from one example row.
+
+        A layer that cannot take what it receives (wrong feature count) raises ``ValueError``
+        naming the layer, what it takes and what ``x`` gives.
+        """
         vals: list[Tensor] = [x]
+        from_input = [True]  # nodes equal to x up to reshapes
         for node in self.nodes[1:]:
-            vals.append(node.op.forward(*[vals[i] for i in node.inputs]))
+            ins = [vals[i] for i in node.inputs]
+            try:
+                vals.append(node.op.forward(*ins))
+            except RuntimeError as err:
+                direct = all(from_input[i] for i in node.inputs)
+                raise ValueError(_shape_error(node.op, ins, x, direct, err)) from err
+            from_input.append(node.op.kind == "reshape" and all(from_input[i] for i in node.inputs))
         self.shapes = [tuple(v.shape[1:]) for v in vals]
         self.widths = [int(v[0].numel()) for v in vals]
         self.dtype = x.dtype
@@ -52,6 +63,23 @@ class Graph:
 
     def is_chain(self) -> bool:
         return all(n.inputs == [i] for i, n in enumerate(self.nodes[1:]))
+
+
+def _shape_error(op: Op, ins: list[Tensor], x: Tensor, direct: bool, err: Exception) -> str:
+    """One sentence on why ``op`` cannot run on the values derived from ``x``."""
+    shape = tuple(x.shape[1:])
+    if isinstance(op, Affine):
+        takes, got = op.weight.shape[1], ins[0].shape[-1]
+        if direct:
+            return (
+                f"x has {got} features (feature shape {shape}) where the model's first linear "
+                f"layer {op.name!r} takes {takes}; pass x of shape (B, {takes})"
+            )
+        return (
+            f"layer {op.name!r} takes {takes} input features but receives {got} for x of feature "
+            f"shape {shape}: the model's layers do not fit together"
+        )
+    return f"the model cannot run on x of feature shape {shape}: {op!r} fails ({err})"
 
 
 def _flatten(start: int, end: int):

@@ -41,7 +41,7 @@ def test_bad_input_raises(net, kwargs, match) -> None:
 
 
 def test_shape_mismatch_and_nan_x(net) -> None:
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="5 features"):
         compute_bounds(net, torch.randn(4, 5), 0.1)
     with pytest.raises(ValueError, match="NaN"):
         compute_bounds(net, torch.full((2, 3), float("nan")), 0.1)
