@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,11 @@ class DatasetMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else worth keeping (JSON-serialisable)."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.cost_thresholds, tuple):
+            self.cost_thresholds = list(self.cost_thresholds)
+        validate_metadata(self)
+
     def normalized_reward(self, reward_return: np.ndarray | float) -> np.ndarray:
         """DSRL normalised reward (R − R_min)/(R_max − R_min); any shape."""
         span = self.reward_max - self.reward_min
@@ -117,7 +122,10 @@ class DatasetMetadata:
     @classmethod
     def from_json(cls, text: str) -> DatasetMetadata:
         """Parse :meth:`to_json` output; unknown fields go to ``extra``."""
-        raw = json.loads(text)
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"dataset metadata is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise ValueError(f"dataset metadata must be a JSON object, got {type(raw).__name__}")
         raw.pop("format_version", None)
@@ -216,27 +224,58 @@ def _check_shape(key: str, value: np.ndarray, n: int) -> None:
         raise ValueError(f"'{key}' has shape {value.shape}; its second dimension must be > 0")
 
 
-def validate_metadata(metadata: DatasetMetadata, data: dict[str, np.ndarray] | None = None):
-    """Check metadata values (and their agreement with ``data`` when given); raise ValueError."""
+def _real(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return bool(np.isfinite(value))
+
+
+# field: (type check, value check, expected form)
+_FIELDS: dict[str, tuple[Callable[[Any], bool], Callable[[Any], bool], str]] = {
+    "env_id": (lambda v: isinstance(v, str), bool, "a non-empty string"),
+    "max_episode_steps": (_count, lambda v: v > 0, "an int > 0"),
+    "reward_min": (_real, _finite, "a finite number"),
+    "reward_max": (_real, _finite, "a finite number"),
+    "max_cost": (_real, _finite, "a finite number"),
+    "cost_thresholds": (
+        lambda v: isinstance(v, list | tuple) and all(_real(k) for k in v),
+        lambda v: len(v) > 0 and all(np.isfinite(k) and k >= 0 for k in v),
+        "a non-empty list of finite numbers >= 0",
+    ),
+    "collection": (lambda v: isinstance(v, str), lambda v: True, "a string"),
+    "obs_dim": (_count, lambda v: v >= 0, "an int >= 0"),
+    "act_dim": (_count, lambda v: v >= 0, "an int >= 0"),
+    "num_trajectories": (_count, lambda v: v >= 0, "an int >= 0"),
+    "seed": (lambda v: v is None or _count(v), lambda v: True, "an int or null"),
+    "env_kwargs": (lambda v: isinstance(v, dict), lambda v: True, "a dict"),
+    "extra": (lambda v: isinstance(v, dict), lambda v: True, "a dict"),
+}  # fmt: skip
+
+
+def validate_metadata(metadata: DatasetMetadata, data: Mapping[str, np.ndarray] | None = None):
+    """Check metadata types and values (and their agreement with ``data`` when given).
+
+    Raises TypeError (a field of the wrong type) or ValueError (a value out of range, R_max ≤
+    R_min, a size that disagrees with the data), naming the field and the expected form."""
     if not isinstance(metadata, DatasetMetadata):
         raise TypeError(f"metadata must be a DatasetMetadata, got {type(metadata).__name__}")
-    if not isinstance(metadata.env_id, str) or not metadata.env_id:
-        raise ValueError(f"metadata.env_id must be a non-empty string, got {metadata.env_id!r}")
-    if int(metadata.max_episode_steps) <= 0:
-        raise ValueError(
-            f"metadata.max_episode_steps must be > 0, got {metadata.max_episode_steps}"
-        )
-    for name in ("reward_min", "reward_max", "max_cost"):
-        if not np.isfinite(getattr(metadata, name)):
-            raise ValueError(f"metadata.{name} must be finite, got {getattr(metadata, name)!r}")
+    for name, (type_ok, value_ok, form) in _FIELDS.items():
+        value = getattr(metadata, name)
+        if not type_ok(value):
+            raise TypeError(f"metadata.{name} must be {form}, got {value!r}")
+        if not value_ok(value):
+            raise ValueError(f"metadata.{name} must be {form}, got {value!r}")
     if not metadata.reward_max > metadata.reward_min:
         raise ValueError(
             f"metadata.reward_max ({metadata.reward_max}) must exceed reward_min "
             f"({metadata.reward_min})"
         )
-    if any((not np.isfinite(k)) or k < 0 for k in metadata.cost_thresholds):
-        raise ValueError(f"metadata.cost_thresholds must be finite and >= 0, got "
-                         f"{metadata.cost_thresholds}")  # fmt: skip
     if data is None:
         return
     for name, key in (("obs_dim", "observations"), ("act_dim", "actions")):
@@ -361,28 +400,50 @@ def save_dataset(
 
 
 def load_dataset(
-    path: str | os.PathLike, metadata: DatasetMetadata | None = None, env_id: str | None = None
+    path: str | os.PathLike,
+    metadata: DatasetMetadata | None = None,
+    env_id: str | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[dict[str, np.ndarray], DatasetMetadata]:
     """Read a DSRL-format HDF5 file; return (data, metadata), every array float32.
 
     Metadata: ``metadata`` if given (it overrides the file's), else the file's own, else
     :func:`infer_metadata` with ``env_id`` (default: the file's stem). Files without our
-    metadata (real DSRL files) may hold any real or bool dtype; they are cast to float32.
-    Extra top-level keys in such files are ignored.
+    metadata (real DSRL files) may hold any real or bool dtype; they are cast to float32 (values
+    beyond float32's range are an error, not infinities). Extra top-level keys in such files are
+    ignored. Shapes are checked from the file's header before any array is read, and a file
+    declaring more than ``max_bytes`` of float32 data (default: half this machine's memory) is
+    refused.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no dataset file at {str(path)!r}")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} is not a readable HDF5 file ({exc})") from exc
+    with f:
         missing = [k for k in REQUIRED_KEYS if k not in f or not isinstance(f[k], h5py.Dataset)]
         if missing:
             raise KeyError(f"{path.name} lacks required key(s) {missing}; "
                            f"expected top-level arrays {list(REQUIRED_KEYS)}")  # fmt: skip
-        raw = {k: f[k][()] for k in REQUIRED_KEYS}
+        _check_header(path, {k: f[k] for k in REQUIRED_KEYS}, max_bytes)
         stored = f.attrs.get(_METADATA_ATTR)
-    ours = stored is not None
-    validate_data(raw, strict_dtype=ours)
-    data = {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+        ours = stored is not None
+        try:
+            raw = {k: f[k][()] for k in REQUIRED_KEYS}
+        except OSError as exc:
+            raise ValueError(f"{path.name}: cannot read its arrays ({exc}); truncated?") from exc
+    for key in REQUIRED_KEYS:
+        _check_dtype(key, raw[key], ours)
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+    for key in REQUIRED_KEYS:
+        if raw[key].dtype.kind == "f" and np.all(np.isfinite(raw[key])):
+            if not np.all(np.isfinite(data[key])):
+                raise ValueError(f"'{key}' holds values beyond float32's range (±3.4e38); "
+                                 "expected finite float32 data")  # fmt: skip
+    validate_data(data)
     if metadata is None:
         if ours:
             text = stored.decode() if isinstance(stored, bytes) else str(stored)
@@ -391,3 +452,28 @@ def load_dataset(
             metadata = infer_metadata(data, env_id=env_id or path.stem)
     validate_metadata(metadata, data)
     return data, metadata
+
+
+def _check_header(path: Path, arrays: dict[str, Any], max_bytes: int | None) -> None:
+    """Shapes and total size from the HDF5 header, before anything is read."""
+    n = arrays["rewards"].shape[0] if len(arrays["rewards"].shape) else 0
+    total = 0
+    for key, arr in arrays.items():
+        ndim = 2 if key in _MATRIX_KEYS else 1
+        if len(arr.shape) != ndim or arr.shape[0] != n:
+            form = "(N, dim)" if ndim == 2 else "(N,)"
+            raise ValueError(f"{path.name}: '{key}' has shape {arr.shape}, expected {form} with "
+                             f"N = {n} (as 'rewards')")  # fmt: skip
+        total += 4 * int(np.prod(arr.shape, dtype=np.float64))
+    limit = max_bytes if max_bytes is not None else _half_memory()
+    if total > limit:
+        raise ValueError(f"{path.name} declares {n} transitions ({total / 2**30:.1f} GiB as "
+                         f"float32), more than the {limit / 2**30:.1f} GiB allowed; pass "
+                         "max_bytes= to read it anyway")  # fmt: skip
+
+
+def _half_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30

@@ -10,6 +10,7 @@ a perturbation actor moves a decoded action by at most ``Φ`` to maximise ``Q_r 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -243,7 +244,13 @@ class BCQLag:
         loss.backward()
         self.actor_opt.step()
         stats.update(s)
-        self.lagrangian.update(float(s["values/q_c_pi"]), self.cost_threshold)
+        q_c = float(s["values/q_c_pi"])
+        if not math.isfinite(q_c):
+            raise FloatingPointError(
+                f"BCQ-Lag training diverged: the cost value is {q_c} "
+                "(rescale rewards/costs or lower the learning rates)"
+            )
+        self.lagrangian.update(q_c, self.cost_threshold)
         stats["values/lambda"] = torch.tensor(self.lagrangian.multiplier)
         for target, online in (
             (n.q_r_target, n.q_r),

@@ -109,14 +109,20 @@ def run_bench(
 
 
 def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
-    """Read DSRL-format files with :func:`saferl.data.load_dataset`; task name = file stem."""
+    """Read DSRL-format files with :func:`saferl.data.load_dataset`; task name = file stem.
+
+    Two files with the same stem would merge their rows in the tables: ValueError before any
+    file is read."""
     from saferl.data import load_dataset
 
-    tasks = []
+    stems: dict[str, list[str]] = {}
     for p in paths:
-        data, meta = load_dataset(p)
-        tasks.append((Path(p).stem, data, meta))
-    return tasks
+        stems.setdefault(Path(p).stem, []).append(str(p))
+    clashes = {stem: files for stem, files in stems.items() if len(files) > 1}
+    if clashes:
+        raise ValueError(f"datasets must have distinct file names (a task is named after its "
+                         f"file's stem); these clash: {clashes}")  # fmt: skip
+    return [(Path(p).stem, *load_dataset(p)) for p in paths]
 
 
 def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:

@@ -174,7 +174,9 @@ def test_real_dsrl_style_file(tmp_path):
     given_meta = make_meta(reward_min=37.05, reward_max=1911.4)
     _, meta2 = load_dataset(path, metadata=given_meta)
     assert meta2.reward_min == 37.05
-    assert infer_metadata(loaded, "x", reward_min=37.05).reward_min == 37.05
+    assert infer_metadata(loaded, "x", reward_min=37.05, reward_max=1911.4).reward_min == 37.05
+    with pytest.raises(ValueError, match="reward_max"):  # an override that contradicts the data
+        infer_metadata(loaded, "x", reward_min=37.05)
 
 
 def test_split_and_returns():
