@@ -77,6 +77,7 @@ def scalar_slice(*names: str) -> slice:
     """The columns of adjacent scalar fields, e.g. ``scalar_slice(*xyz("angle"))``."""
     return _span(names, SCALAR_INDEX, "scalar")
 
+
 PER_LIMB = NUM_VECTORS * 3 + NUM_SCALARS + 2
 ACTIONS_PER_LIMB = 3
 

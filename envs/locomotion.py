@@ -285,9 +285,7 @@ class Locomotion3DEnv(gym.Env):
             return [int(i) for nm in names for k in keys for i in sensors[frame_sensor(nm, k)]]
 
         def joints(key: str) -> list[int]:
-            return [
-                int(sensors[joint_sensor(nm, a, key)][0]) for nm in limbs[1:] for a in "xyz"
-            ]
+            return [int(sensors[joint_sensor(nm, a, key)][0]) for nm in limbs[1:] for a in "xyz"]
 
         hinges = [model.joint(f"{nm}_{a}").id for nm in limbs[1:] for a in "xyz"]
         self._axis_src = (3 * np.asarray(hinges, dtype=np.int64)[:, None] + np.arange(3)).ravel()

@@ -78,8 +78,11 @@ def bench_config(budget: dict, device: str | None, max_eval_steps: int | None) -
             "fisor": fisor,
             "bc_all": BCConfig(steps=budget["bc_steps"]),
             "bc_safe": BCConfig(steps=budget["bc_steps"]),
-            "bcq_lag": BCQLagConfig(steps=budget["bcq_steps"], batch_size=budget["bcq_batch"],
-                                    **budget.get("bcq_nets", {})),  # fmt: skip
+            "bcq_lag": BCQLagConfig(
+                steps=budget["bcq_steps"],
+                batch_size=budget["bcq_batch"],
+                **budget.get("bcq_nets", {}),
+            ),  # fmt: skip
         },
         device=device,
     )

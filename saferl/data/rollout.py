@@ -95,8 +95,10 @@ def rollout(
         if episode_index:
             act = policy
         else:
+
             def act(obs, _):
                 return policy(obs)
+
         return _run(act, pool, seed, first_episode, max_steps, noise_std, record)
     finally:
         for env in pool:

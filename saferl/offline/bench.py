@@ -93,8 +93,14 @@ def run_bench(
                     start = time.perf_counter()
                     act = _train(method, data, meta, config, seed, group[0])
                     train_s = time.perf_counter() - start
-                    res = rollout(act, factory, config.episodes, seed=1000 * seed, record=False,
-                                  max_steps=config.max_eval_steps or meta.max_episode_steps)
+                    res = rollout(
+                        act,
+                        factory,
+                        config.episodes,
+                        seed=1000 * seed,
+                        record=False,
+                        max_steps=config.max_eval_steps or meta.max_episode_steps,
+                    )
                     for r in dsrl_scores(res, meta, group):
                         rows.append(
                             {"task": name, "method": method, "seed": seed, "train_s": train_s, **r}

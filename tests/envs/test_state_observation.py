@@ -53,13 +53,25 @@ def _check_observation(env: envs.Locomotion3DEnv, obs: np.ndarray) -> None:
         np.testing.assert_allclose(sca[i, SCALAR_INDEX["height"]], ref.xpos[body, 2], atol=TOL)
         vel = np.zeros(6)
         mujoco.mj_objectVelocity(m, ref, mujoco.mjtObj.mjOBJ_XBODY, body, vel, 0)
-        np.testing.assert_allclose(vec[i, VECTOR_INDEX["angular_velocity"]], _clip_norm(vel[:3]),
-                                   atol=TOL, err_msg=f"{limb.name}: angular velocity")
-        np.testing.assert_allclose(vec[i, VECTOR_INDEX["linear_velocity"]], _clip_norm(vel[3:]),
-                                   atol=TOL, err_msg=f"{limb.name}: linear velocity")
+        np.testing.assert_allclose(
+            vec[i, VECTOR_INDEX["angular_velocity"]],
+            _clip_norm(vel[:3]),
+            atol=TOL,
+            err_msg=f"{limb.name}: angular velocity",
+        )
+        np.testing.assert_allclose(
+            vec[i, VECTOR_INDEX["linear_velocity"]],
+            _clip_norm(vel[3:]),
+            atol=TOL,
+            err_msg=f"{limb.name}: linear velocity",
+        )
         if i == 0:  # the torso's axes are its body frame, the columns of data.xmat
-            np.testing.assert_allclose(vec[0, axes : axes + 3], ref.xmat[torso].reshape(3, 3).T,
-                                       atol=TOL, err_msg="torso axes are not data.xmat's columns")
+            np.testing.assert_allclose(
+                vec[0, axes : axes + 3],
+                ref.xmat[torso].reshape(3, 3).T,
+                atol=TOL,
+                err_msg="torso axes are not data.xmat's columns",
+            )
             continue
         for k, axis in enumerate("xyz"):
             joint = m.joint(f"{limb.name}_{axis}")
