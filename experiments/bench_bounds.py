@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import torch
 from torch import nn
 
 from certify import CrownStats, compute_bounds
+from saferl.common.io import write_text
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -178,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tag = "quick" if args.quick else f"{args.device.split(':')[0]}_{args.nets.replace(',', '_')}"
     name = f"bounds_{tag}.json"
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, out / name)
+    write_text(out / name, json.dumps(result, indent=1))
     return 0
 
 

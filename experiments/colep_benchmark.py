@@ -18,7 +18,6 @@ Bounds: ``certify.compute_bounds`` (CROWN). Everything is seeded; one torch thre
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from certify.colep import COLEP, COLEPConfig, sensor_bounds_linf, sensor_probs
 from certify.colep import coverage_over_splits as colep_splits
 from certify.conformal import lac_scores, prob_bounds, sets_over_splits
+from saferl.common.io import save_figure, write_text
 
 
 @dataclass
@@ -305,9 +305,7 @@ def write_results(out, stem: str, text: str, rows: list[dict], title: str, alpha
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, content in ((f"{stem}.md", text), (f"{stem}.json", json.dumps(rows))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, out / name)
+        write_text(out / name, content)
     plot(rows, out / f"{stem}.png", title, alpha)
 
 
@@ -332,7 +330,5 @@ def plot(rows: list[dict], path, title: str, alpha: float = 0.1) -> None:
     axes[1].set(xlabel="ε (ℓ∞)", ylabel="mean set size under PGD", title=title)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    tmp = str(path) + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)

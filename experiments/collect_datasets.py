@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from saferl.commands.collect import write_summary
+from saferl.common.io import write_text
 from saferl.data import load_dataset, save_dataset, trajectory_returns
 from saferl.data.collection import CollectConfig, collect
 from saferl.data.plot import plot_spread
@@ -66,9 +66,7 @@ def retag(path: Path, quick: bool, seed: int) -> None:
     summary = json.loads(summary_path.read_text())
     summary["metadata"]["cost_thresholds"] = kappas
     summary["metadata"]["extra"] = meta.extra
-    tmp = summary_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, summary_path)
+    write_text(summary_path, json.dumps(summary, indent=1))
     title = f"{path.stem}: {meta.num_trajectories}/{len(summary['kept'])} trajectories kept"
     plot_spread(summary["returns_cost_reward"], summary["kept"], summary["checkpoint"], kappas,
                 path.with_suffix(".png"), title=title)  # fmt: skip
@@ -154,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         shutil.copyfile(path.with_suffix(".png"), out / f"datasets_{path.stem}.png")
     table = markdown([table_row(path) for path in paths])
-    tmp = out / ".datasets_table.md.tmp"
-    tmp.write_text(table)
-    os.replace(tmp, out / "datasets_table.md")
+    write_text(out / "datasets_table.md", table)
     print(table)
     return 0
 

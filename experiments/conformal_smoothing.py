@@ -15,7 +15,6 @@ Averages over 200 random calibration/test splits of the pool. Writes ``conformal
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from certify.smoothing import (  # noqa: E402
     smoothed_calibration_alpha,
     smoothed_prob_bounds,
 )
+from saferl.common.io import write_text  # noqa: E402
 
 
 def pgd_l2(objective, x: torch.Tensor, eps: float, sigma: float, steps: int) -> torch.Tensor:
@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "conformal_smoothing.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, args.out / "conformal_smoothing.md")
+    write_text(args.out / "conformal_smoothing.md", text)
     return 0
 
 

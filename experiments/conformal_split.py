@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from certify.conformal import (
     conformal_quantile,
     sets_over_splits,
 )
+from saferl.common.io import save_figure, write_text
 
 ALPHA = 0.1
 
@@ -141,10 +141,8 @@ def plot_hists(hists, path) -> None:
         ax.set(title=f"digits, n_cal = {n_cal}", xlabel="test coverage of one split")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = str(path) + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     text = head + "\n" + "\n".join(rows) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "conformal_split.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, args.out / "conformal_split.md")
+    write_text(args.out / "conformal_split.md", text)
     plot_hists(hists, args.out / "conformal_split.png")
     return 0
 

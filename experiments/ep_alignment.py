@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from saferl.common.io import save_figure, write_text
 from saferl.ep import (
     EPNetConfig,
     EPTrainer,
@@ -165,14 +164,9 @@ def _save(rows: list[dict], args, tag: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=args.out)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, args.out / f"ep_alignment{tag}.png")
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=args.out)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"config": vars(args) | {"out": str(args.out)}, "rows": rows}, f, indent=1)
-    os.replace(tmp, args.out / f"ep_alignment{tag}.json")
+    save_figure(fig, args.out / f"ep_alignment{tag}.png", dpi=120)
+    payload = {"config": vars(args) | {"out": str(args.out)}, "rows": rows}
+    write_text(args.out / f"ep_alignment{tag}.json", json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

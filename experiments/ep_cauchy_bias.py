@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from saferl.common.io import save_figure, write_text
 from saferl.ep import EPNetConfig, EPNetwork, cosine, ep_error, load_digits_split
 
 
@@ -89,10 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(lines))
     _plot(summary, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=args.out)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"config": vars(args) | {"out": str(args.out)}, "summary": summary}, f, indent=1)
-    os.replace(tmp, args.out / f"ep_cauchy_bias{'_quick' if args.quick else ''}.json")
+    payload = {"config": vars(args) | {"out": str(args.out)}, "summary": summary}
+    write_text(
+        args.out / f"ep_cauchy_bias{'_quick' if args.quick else ''}.json",
+        json.dumps(payload, indent=1),
+    )
     return summary
 
 
@@ -113,10 +113,7 @@ def _plot(summary: dict, args) -> None:
     ax.legend()
     fig.tight_layout()
     args.out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=args.out)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, args.out / f"ep_cauchy_bias{'_quick' if args.quick else ''}.png")
+    save_figure(fig, args.out / f"ep_cauchy_bias{'_quick' if args.quick else ''}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from saferl.common.io import write_text
 from saferl.ep import EPNetConfig, EPTrainer, EPTrainerConfig, load_digits_split
 
 METHODS = {
@@ -98,15 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=args.out)
-    with os.fdopen(fd, "w") as f:
-        json.dump(
-            {"config": vars(args) | {"out": str(args.out)}, "device": dev, "rows": rows},
-            f,
-            indent=1,
-        )
+    payload = {"config": vars(args) | {"out": str(args.out)}, "device": dev, "rows": rows}
     tag = "_quick" if args.quick else f"_{args.device.split(':')[0]}"
-    os.replace(tmp, args.out / f"ep_throughput{tag}.json")
+    write_text(args.out / f"ep_throughput{tag}.json", json.dumps(payload, indent=1))
     return rows
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 import envs
+from saferl.common.io import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "episode_lengths.json"
 POLICIES = ("zero", "random")
@@ -78,19 +77,6 @@ def family_table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", default="current", help="name of this measurement")
@@ -104,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results[args.label] = current
     if not args.quick:
-        write_json(args.out, results)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.out, json.dumps(results, indent=1))
     print(family_table(results if not args.quick else {args.label: current}))
     return current
 

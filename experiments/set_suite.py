@@ -16,12 +16,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 
+from saferl.common.io import save_figure, write_text
 from saferl.online import TD3Config, evaluate, load_actor, save_run, suite_max_limbs, train
 from saferl.policies import invariance_error, orbit_angles
 
@@ -83,10 +83,7 @@ def run_one(args: argparse.Namespace, kind: str, seed: int) -> dict:
     with open(metrics_path) as handle:
         metrics = json.load(handle)
     metrics["invariance_error"] = error
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(metrics, handle, indent=2)
-    os.replace(tmp, metrics_path)
+    write_text(metrics_path, json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -188,11 +185,8 @@ def plot_curves(args: argparse.Namespace, runs: dict[tuple[str, int], dict], pat
     ax.legend()
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

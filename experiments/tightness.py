@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -31,6 +29,7 @@ from certify import (  # noqa: E402
     margin_spec,
     tightness,
 )
+from saferl.common.io import save_figure, write_text  # noqa: E402
 
 
 def mlp(d: int, width: int, depth: int, k: int) -> nn.Sequential:
@@ -107,10 +106,7 @@ def plot(init: dict, curves: dict, path: Path) -> None:
     ax[2].set(yscale="log", xlabel="training step", title="training", ylabel="tightness")
     ax[2].legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,10 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {m} | {c[0][1]:.4f} | {c[-1][1]:.4f} |")
     plot(init, curves, out / "tightness.png")
     res = {"init": init, "curves": curves, "seed": args.seed, "steps": steps, "quick": args.quick}
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, out / ("tightness_quick.json" if args.quick else "tightness.json"))
+    name = "tightness_quick.json" if args.quick else "tightness.json"
+    write_text(out / name, json.dumps(res, indent=1))
     return 0
 
 

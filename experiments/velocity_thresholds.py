@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import envs
+from saferl.common.io import write_text
 
 AGENTS = {"hopper": "hopper_4", "walker": "walker_7", "humanoid": "humanoid_9",
           "cheetah": "cheetah_14"}  # fmt: skip
@@ -84,12 +84,11 @@ def main() -> None:
 
 
 def _write_rows(path: str, rows: list[dict]) -> None:
-    """Write the rows as JSON atomically (temp file beside ``path``, then rename)."""
+    """Write the rows as JSON atomically (``saferl.common.io.write_text``)."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False) as f:
-        json.dump(rows, f, indent=2)
-    os.replace(f.name, path)
+    write_text(path, json.dumps(rows, indent=2))
+
 
 if __name__ == "__main__":
     main()
