@@ -10,19 +10,17 @@ Deterministic MLP actor ``a = tanh(f(s))``, mean-squared error to the data actio
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from saferl.common.checkpoint import load_checkpoint, save_checkpoint
 from saferl.common.runtime import default_device, seeded
 from saferl.data.dsrl import DatasetMetadata, safe_trajectories, validate_data
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import MLP
-from saferl.offline.trainer import config_from_dict, fit
+from saferl.offline.trainer import Checkpointed, fit
 
 
 @dataclass
@@ -59,7 +57,7 @@ def bc_loss(batch: Mapping[str, torch.Tensor], actor: MLP) -> tuple[torch.Tensor
     return loss, {"losses/bc": loss.detach()}
 
 
-class BC:
+class BC(Checkpointed):
     """A behaviour-cloned deterministic policy (BC-All or BC-Safe).
 
     Args:
@@ -67,6 +65,10 @@ class BC:
         config: :class:`BCConfig`.
         device: torch device; default "cuda" if available else "cpu".
     """
+
+    kind = "bc"
+    config_class = BCConfig
+    weights = "actor"
 
     def __init__(
         self,
@@ -98,24 +100,6 @@ class BC:
         if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {obs.shape}")
         return self.actor(torch.as_tensor(obs, device=self.device)).cpu().numpy()
-
-    def save(self, path: str | Path) -> None:
-        """``model.safetensors`` + ``config.json`` in folder ``path``."""
-        meta = {
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "config": asdict(self.config),
-        }
-        save_checkpoint(path, self.actor, meta, kind="bc")
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> BC:
-        """Inverse of :meth:`save`."""
-        state, meta = load_checkpoint(path, "bc")
-        config = config_from_dict(BCConfig, meta["config"])
-        agent = cls(meta["obs_dim"], meta["act_dim"], config, device)
-        agent.actor.load_state_dict(state)
-        return agent
 
 
 def train_bc(

@@ -12,15 +12,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from saferl.common.checkpoint import load_checkpoint, save_checkpoint
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig
 from saferl.common.runtime import default_device, seeded
 from saferl.data.dsrl import DatasetMetadata, validate_data
@@ -31,7 +29,7 @@ from saferl.offline.networks import (
     ema_update,
     per_step_cost_threshold,
 )
-from saferl.offline.trainer import config_from_dict, fit
+from saferl.offline.trainer import Checkpointed, fit
 
 
 @dataclass
@@ -191,7 +189,7 @@ def actor_loss(batch: Mapping[str, torch.Tensor], nets: BCQLagNets, multiplier: 
     return loss, {"losses/actor": loss.detach(), "values/q_c_pi": q_c.mean().detach()}
 
 
-class BCQLag:
+class BCQLag(Checkpointed):
     """BCQ-Lag agent owning networks, optimisers and the PID multiplier.
 
     Args:
@@ -200,6 +198,10 @@ class BCQLag:
         horizon: episode length L of the per-step threshold.
         device: torch device; default "cuda" if available else "cpu".
     """
+
+    kind = "bcq_lag"
+    config_class = BCQLagConfig
+    weights = "nets"
 
     def __init__(
         self,
@@ -269,24 +271,8 @@ class BCQLag:
         s = torch.as_tensor(obs, device=self.device)
         return self.nets.actor(s, self.nets.vae.decode(s)).cpu().numpy()
 
-    def save(self, path: str | Path) -> None:
-        """``model.safetensors`` + ``config.json`` in folder ``path``."""
-        meta = {
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "horizon": self.horizon,
-            "config": asdict(self.config),
-        }
-        save_checkpoint(path, self.nets, meta, kind="bcq_lag")
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> BCQLag:
-        """Inverse of :meth:`save`."""
-        state, meta = load_checkpoint(path, "bcq_lag")
-        cfg = config_from_dict(BCQLagConfig, meta["config"])
-        agent = cls(meta["obs_dim"], meta["act_dim"], cfg, meta["horizon"], device)
-        agent.nets.load_state_dict(state)
-        return agent
+    def init_args(self) -> dict[str, Any]:
+        return {"horizon": self.horizon}
 
 
 def train_bcq_lag(

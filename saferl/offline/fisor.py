@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,12 +30,11 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from saferl.common.checkpoint import load_checkpoint, save_checkpoint
 from saferl.common.runtime import TorchRNG, default_device, seeded
 from saferl.data.dsrl import DatasetMetadata, validate_data
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import MLP, EnsembleMLP, LNResNetNoise, ema_update
-from saferl.offline.trainer import config_from_dict, fit
+from saferl.offline.trainer import Checkpointed, fit
 
 
 @dataclass
@@ -318,7 +316,7 @@ def actor_loss(
 # Agent: optimisers, update, action selection, checkpoints
 
 
-class FISOR:
+class FISOR(Checkpointed):
     """FISOR agent: owns the networks, optimisers and the diffusion scheduler.
 
     Args:
@@ -327,6 +325,10 @@ class FISOR:
         config: hyperparameters (:class:`FISORConfig`).
         device: torch device; default "cuda" if available else "cpu".
     """
+
+    kind = "fisor"
+    config_class = FISORConfig
+    weights = "nets"
 
     def __init__(
         self,
@@ -424,26 +426,8 @@ class FISOR:
         out = self.act_tensor(torch.as_tensor(obs, device=self.device))
         return out.cpu().numpy()
 
-    def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into folder ``path`` (atomically)."""
-        meta = {
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "step": self.step,
-            "config": asdict(self.config),
-            **(extra or {}),
-        }
-        save_checkpoint(path, self.nets, meta, kind="fisor")
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> FISOR:
-        """Inverse of :meth:`save` (safetensors; nothing is unpickled)."""
-        state, meta = load_checkpoint(path, "fisor")
-        config = config_from_dict(FISORConfig, meta["config"])
-        agent = cls(meta["obs_dim"], meta["act_dim"], config, device)
-        agent.nets.load_state_dict(state)
-        agent.step = int(meta["step"])
-        return agent
+    def progress(self) -> dict[str, Any]:
+        return {"step": self.step}
 
 
 def reward_scale_for(metadata: DatasetMetadata) -> float:

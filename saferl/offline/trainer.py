@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import fields
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from dataclasses import asdict, fields
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from saferl.common.checkpoint import load_checkpoint, save_checkpoint
 
 Batches = Callable[[], tuple[Mapping[str, torch.Tensor], ...]]
 C = TypeVar("C")
@@ -39,6 +41,50 @@ class OfflineAgent(Protocol):
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Any:
         """Rebuild the agent from :meth:`save`'s folder."""
+
+
+class Checkpointed:
+    """``save``/``load`` in the toolkit's checkpoint format for an agent built as
+    ``cls(obs_dim, act_dim, config, device=..., **init_args())``.
+
+    Subclasses name their ``kind``, ``config_class`` and the module holding every weight
+    (``weights``); ``init_args`` adds constructor arguments (BCQ-Lag's horizon) and
+    ``progress`` attributes restored after loading (FISOR's step count).
+    """
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type]
+    weights: ClassVar[str]
+
+    def init_args(self) -> dict[str, Any]:
+        return {}
+
+    def progress(self) -> dict[str, Any]:
+        return {}
+
+    def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
+        """Write ``model.safetensors`` + ``config.json`` into folder ``path`` (atomically);
+        ``extra`` (JSON-serialisable) is stored beside the config."""
+        meta = {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "init": self.init_args(),
+            "progress": self.progress(),
+            "config": asdict(self.config),
+            **(extra or {}),
+        }
+        save_checkpoint(path, getattr(self, self.weights), meta, kind=self.kind)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Any:
+        """Rebuild the agent from :meth:`save`'s folder (nothing is unpickled)."""
+        state, meta = load_checkpoint(path, cls.kind)
+        config = config_from_dict(cls.config_class, meta["config"])
+        agent = cls(meta["obs_dim"], meta["act_dim"], config, device=device, **meta["init"])
+        getattr(agent, cls.weights).load_state_dict(state)
+        for name, value in meta["progress"].items():
+            setattr(agent, name, value)
+        return agent
 
 
 def fit(
