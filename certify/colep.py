@@ -47,7 +47,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from certify.conformal import check_alpha, check_labels, conformal_quantile
+from certify.conformal import (
+    check_alpha,
+    check_int,
+    check_labels,
+    check_real,
+    check_splits,
+    conformal_quantile,
+)
 
 CALIBRATIONS = ("classwise", "union")
 
@@ -70,6 +77,22 @@ class COLEPConfig:
     """Adam learning rate for the rule weights."""
     max_attributes: int = 14
     """Largest attribute group per circuit (exact inference enumerates 2^A assignments)."""
+
+    def __post_init__(self) -> None:
+        check_colep_config(self)
+
+
+def check_colep_config(cfg: COLEPConfig) -> None:
+    """α ∈ (0, 1), a known calibration, weights finite (rule ≥ 0, raw in [0, 1]), steps and
+    group size integers ≥ 0, learning rate finite > 0."""
+    check_alpha(cfg.alpha)
+    if cfg.calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {cfg.calibration!r}")
+    check_real(cfg.init_weight, "init_weight", 0.0)
+    check_real(cfg.raw_weight, "raw_weight", 0.0, 1.0)
+    check_int(cfg.fit_steps, "fit_steps", 0)
+    check_real(cfg.lr, "lr", 0.0, open_low=True)
+    check_int(cfg.max_attributes, "max_attributes", 0)
 
 
 PROB_CLIP = 1e-6
@@ -100,6 +123,7 @@ class ProbabilisticCircuit(nn.Module):
         super().__init__()
         if rules.dim() != 2 or not torch.isin(rules, torch.tensor([-1, 0, 1])).all():
             raise ValueError("rules must be a (K, A) tensor with entries in {-1, 0, 1}")
+        init_weight = check_real(init_weight, "init_weight", 0.0)
         k, a = rules.shape
         self.register_buffer("pos", (rules == 1).float())
         self.register_buffer("neg", (rules == -1).float())
@@ -227,13 +251,7 @@ class COLEP(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg or COLEPConfig()
-        check_alpha(self.cfg.alpha)
-        if self.cfg.calibration not in CALIBRATIONS:
-            raise ValueError(
-                f"calibration must be one of {CALIBRATIONS}, got {self.cfg.calibration!r}"
-            )
-        if not (0.0 <= self.cfg.raw_weight <= 1.0):
-            raise ValueError(f"raw_weight must lie in [0, 1], got {self.cfg.raw_weight}")
+        check_colep_config(self.cfg)
         rules = torch.as_tensor(rules)
         self.num_labels, self.num_attributes = rules.shape
         groups = [list(range(self.num_attributes))] if groups is None else [list(g) for g in groups]
@@ -291,6 +309,7 @@ class COLEP(nn.Module):
         Use data held out from calibration (the conformal guarantee needs the weights fixed
         before calibrating).
         """
+        check_colep_config(self.cfg)
         labels = check_labels(labels, p.shape[0], self.num_labels).to(p.device)
         target = nn.functional.one_hot(labels, self.num_labels).to(p.dtype)
         opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
@@ -341,7 +360,8 @@ def sensor_thresholds(pi: Tensor, labels: Tensor, cfg: COLEPConfig) -> Tensor:
     "union": q̂_k over scores 1 − π̂_k (y = k) or π̂_k (y ≠ k) of all n examples at α/K.
     "classwise": q̂_k over 1 − π̂_k of the n_k examples with y = k at α (+∞ if n_k is too small).
     """
-    alpha = check_alpha(cfg.alpha)
+    check_colep_config(cfg)
+    alpha = cfg.alpha
     k = pi.shape[-1]
     onehot = nn.functional.one_hot(labels, k).bool()  # (S, n, K)
     if cfg.calibration == "union":
@@ -371,8 +391,8 @@ def coverage_over_splits(
     what the test side uses (the clean values again, or certified upper bounds at attacked inputs).
     """
     n = pi_clean.shape[0]
-    if not (1 <= n_cal < n):
-        raise ValueError(f"n_cal must be in [1, {n - 1}], got {n_cal}")
+    check_splits(n, n_cal, n_splits)
+    check_colep_config(cfg)
     perm = torch.rand(n_splits, n, generator=generator).argsort(dim=1).to(pi_clean.device)
     cal, test = perm[:, :n_cal], perm[:, n_cal:]
     q = sensor_thresholds(pi_clean[cal], labels[cal], cfg)  # (S, K)

@@ -29,9 +29,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor, nn
+
+from certify.bounds import METHODS
 
 SCORES = ("lac", "aps", "raps")
 REGRESSION_SCORES = ("absolute", "cqr")
@@ -52,19 +55,63 @@ class ConformalConfig:
     kreg: int = 1
     """RAPS k_reg: ranks above it are penalised."""
 
+    def __post_init__(self) -> None:
+        check_conformal_config(self)
+
 
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
 
 
+def check_real(
+    value: float, name: str, low: float = -math.inf, high: float = math.inf, open_low: bool = False
+) -> float:
+    """A finite real number (not a bool) in [low, high] (``(low, high]`` with ``open_low``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not (math.isfinite(v) and (v > low if open_low else v >= low) and v <= high):
+        if high == math.inf:
+            where = f"{'>' if open_low else '≥'} {low:g}"
+        else:
+            where = f"in {'(' if open_low else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
+    return v
+
+
+def check_int(value: int, name: str, low: int = 0) -> int:
+    """An integer (not a bool) ≥ ``low``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    return int(value)
+
+
 def check_alpha(alpha: float) -> float:
     """α must be a real number strictly inside (0, 1)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+    if isinstance(alpha, bool) or not isinstance(alpha, Real):
         raise TypeError(f"alpha must be a float in (0, 1), got {type(alpha).__name__}")
     if not (0.0 < float(alpha) < 1.0):
         raise ValueError(f"alpha must lie strictly inside (0, 1), got {alpha!r}")
     return float(alpha)
+
+
+def check_conformal_config(cfg: ConformalConfig) -> None:
+    """α ∈ (0, 1), a known score, RAPS λ finite ≥ 0 and k_reg an integer ≥ 0."""
+    check_alpha(cfg.alpha)
+    if cfg.score not in SCORES:
+        raise ValueError(f"unknown score {cfg.score!r}; expected one of {SCORES}")
+    check_real(cfg.penalty, "RAPS penalty", 0.0)
+    check_int(cfg.kreg, "RAPS kreg", 0)
+
+
+def check_splits(n: int, n_cal: int, n_splits: int) -> None:
+    """1 ≤ n_cal < n (calibration and test parts both non-empty) and n_splits ≥ 1."""
+    check_int(n_splits, "n_splits", 1)
+    if isinstance(n_cal, bool) or not isinstance(n_cal, Integral) or not (1 <= n_cal < n):
+        raise ValueError(f"n_cal must be an integer in [1, {n - 1}], got {n_cal!r}")
 
 
 def check_probs(probs: Tensor, name: str = "probs") -> Tensor:
@@ -123,6 +170,8 @@ def conformal_quantile(scores: Tensor, alpha: float) -> Tensor:
     alpha = check_alpha(alpha)
     n = scores.shape[-1]
     _check_nonempty(n)
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN; expected real non-conformity scores")
     k = conformal_rank(n, alpha)
     if k > n:
         return torch.full(scores.shape[:-1], math.inf, dtype=scores.dtype, device=scores.device)
@@ -173,6 +222,7 @@ def score_bounds(
     LAC: [1 − hi_y, 1 − lo_y]. APS/RAPS: the labels ranked strictly above y are at least those
     with lo_j > hi_y and at most those j ≠ y with hi_j > lo_y; masses and ranks bounded alike.
     """
+    check_conformal_config(cfg)
     if cfg.score == "lac":
         return 1.0 - prob_hi, 1.0 - prob_lo
     uu = torch.ones_like(prob_lo[:, :1]) if (u is None or not cfg.randomized) else u
@@ -247,11 +297,7 @@ class SplitConformalClassifier:
         kreg: int = 1,
         generator: torch.Generator | None = None,
     ) -> None:
-        if score not in SCORES:
-            raise ValueError(f"unknown score {score!r}; expected one of {SCORES}")
-        if penalty < 0 or kreg < 0:
-            raise ValueError(f"RAPS penalty and kreg must be ≥ 0, got {penalty}, {kreg}")
-        self.cfg = ConformalConfig(check_alpha(alpha), score, randomized, float(penalty), kreg)
+        self.cfg = ConformalConfig(alpha, score, randomized, penalty, kreg)  # checks every field
         self.generator = generator
         self.q_hat: Tensor | None = None
         self.num_classes: int | None = None
@@ -269,6 +315,7 @@ class SplitConformalClassifier:
 
     def scores(self, probs: Tensor, u: Tensor | None = None) -> Tensor:
         """Scores of every label, (n, K); u as from ``draw_u`` (drawn when None)."""
+        check_conformal_config(self.cfg)
         check_probs(probs)
         if u is None:
             u = self.draw_u(probs.shape[0], probs)
@@ -483,6 +530,8 @@ class RobustConformalClassifier:
     ) -> None:
         if not (eps >= 0 and math.isfinite(eps)):
             raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.model, self.eps, self.method = model, float(eps), method
         self.bound_kwargs = {"bound_fn": bound_fn, "x_min": x_min, "x_max": x_max}
         self.bound_kwargs["margins"] = margins
@@ -537,8 +586,8 @@ def coverage_over_splits(
     """
     test_scores = cal_scores if test_scores is None else test_scores
     n = cal_scores.shape[0]
-    if not (1 <= n_cal < n):
-        raise ValueError(f"n_cal must be in [1, {n - 1}], got {n_cal}")
+    check_splits(n, n_cal, n_splits)
+    check_alpha(alpha)
     perm = torch.rand(n_splits, n, generator=generator).argsort(dim=1).to(cal_scores.device)
     q = quantile_fn(cal_scores[perm[:, :n_cal]], alpha)  # (n_splits,)
     return (test_scores[perm[:, n_cal:]] <= q[:, None]).float().mean(dim=1)
@@ -565,6 +614,9 @@ def check_coverage(
     method fails with probability < 1e-4 by the normal approximation). ``upper=False`` checks
     only the lower side (robust methods are conservative by design).
     """
+    check_alpha(alpha)
+    check_int(n_cal, "n_cal", 1)
+    check_real(z, "z", 0.0)
     s = coverages.numel()
     mean = coverages.mean().item()
     se = coverages.std().item() / math.sqrt(s) if s > 1 else 0.0
@@ -591,8 +643,8 @@ def sets_over_splits(
     """
     n, k = test_scores.shape
     labels = check_labels(labels, n, k).to(test_scores.device)
-    if not (1 <= n_cal < n):
-        raise ValueError(f"n_cal must be in [1, {n - 1}], got {n_cal}")
+    check_splits(n, n_cal, n_splits)
+    check_alpha(alpha)
     perm = torch.rand(n_splits, n, generator=generator).argsort(dim=1).to(cal_scores.device)
     q = conformal_quantile(cal_scores[perm[:, :n_cal]], alpha)  # (S,)
     test = perm[:, n_cal:]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 from scipy import stats
@@ -33,7 +34,9 @@ from torch import Tensor
 from certify.conformal import (
     SplitConformalClassifier,
     check_alpha,
+    check_int,
     check_labels,
+    check_real,
     conformal_quantile,
 )
 
@@ -51,27 +54,43 @@ class SmoothingConfig:
     batch_size: int = 4096
     """Noisy inputs per forward pass."""
 
+    def __post_init__(self) -> None:
+        check_smoothing_config(self)
+
+
+def _check_beta(beta: float) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, Real) or not (0 < beta < 1):
+        raise ValueError(f"beta must be a number in (0, 1), got {beta!r}")
+    return float(beta)
+
+
+def check_smoothing_config(cfg: SmoothingConfig) -> None:
+    """σ finite > 0, N an integer ≥ 1, β ∈ (0, 1), batch_size an integer ≥ 1."""
+    check_real(cfg.sigma, "sigma", 0.0, open_low=True)
+    check_int(cfg.n_samples, "n_samples", 1)
+    _check_beta(cfg.beta)
+    check_int(cfg.batch_size, "batch_size", 1)
+
 
 def check_smoothing(cfg: SmoothingConfig, eps: float) -> None:
-    """σ > 0, N ≥ 1, β ∈ (0, 1), ε ≥ 0."""
-    if not (cfg.sigma > 0 and math.isfinite(cfg.sigma)):
-        raise ValueError(f"sigma must be a positive finite number, got {cfg.sigma!r}")
-    if cfg.n_samples < 1:
-        raise ValueError(f"n_samples must be ≥ 1, got {cfg.n_samples}")
-    if not (0 < cfg.beta < 1):
-        raise ValueError(f"beta must lie in (0, 1), got {cfg.beta!r}")
+    """The config's fields and ε finite ≥ 0."""
+    check_smoothing_config(cfg)
     if not (eps >= 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
 
 
 def hoeffding_margin(n_samples: int, beta: float) -> float:
     """One-sided Hoeffding radius for a mean of N values in [0, 1]: √(ln(1/β)/(2N))."""
+    n_samples, beta = check_int(n_samples, "n_samples", 1), _check_beta(beta)
     return math.sqrt(math.log(1.0 / beta) / (2.0 * n_samples))
 
 
 def clopper_pearson(successes: Tensor, n: int, beta: float) -> tuple[Tensor, Tensor]:
     """Two-sided Clopper-Pearson interval at level 1 − β for binomial counts; each like input."""
+    n, beta = check_int(n, "n (trials)", 1), _check_beta(beta)
     k = successes.detach().cpu().double().numpy()
+    if not ((k >= 0) & (k <= n)).all():
+        raise ValueError(f"successes must be counts in [0, {n}] (no NaN)")
     lo = stats.beta.ppf(beta / 2, k, n - k + 1)
     hi = stats.beta.isf(beta / 2, k + 1, n - k)
     lo = torch.as_tensor(lo).nan_to_num(0.0)
@@ -89,6 +108,7 @@ def monte_carlo_mean(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Ŝ(x) = (1/N) Σ fn(x + η_k), η_k ~ N(0, σ²I); x (n, d) -> fn's output shape (n, ...)."""
+    check_smoothing_config(cfg)
     n = x.shape[0]
     total = None
     per = max(1, cfg.batch_size // max(n, 1))
@@ -110,6 +130,7 @@ def smoothed_prob_bounds(p_hat: Tensor, eps: float, cfg: SmoothingConfig) -> tup
     p_hat: MC means at x̃ in [0, 1]. Each side fails with probability ≤ 2β (one Hoeffding
     event at x̃ and one at the clean point): [Φ(Φ⁻¹(p̂ − b) − ε/σ) − b, Φ(Φ⁻¹(p̂ + b) + ε/σ) + b].
     """
+    check_smoothing(cfg, eps)
     b = hoeffding_margin(cfg.n_samples, cfg.beta)
     shift = eps / cfg.sigma
     nd, ndtri = torch.special.ndtr, torch.special.ndtri
@@ -189,7 +210,8 @@ def smoothed_calibration_alpha(alpha: float, n_sensors: int, beta: float) -> flo
     Each box holds for the clean point's MC estimate unless one of four one-sided Hoeffding
     events fails (prob ≤ 4β per sensor), so calibrating at α − 4Sβ keeps coverage ≥ 1 − α.
     """
-    alpha = check_alpha(alpha)
+    alpha, beta = check_alpha(alpha), _check_beta(beta)
+    n_sensors = check_int(n_sensors, "n_sensors", 1)
     out = alpha - 4 * n_sensors * beta
     if out <= 0:
         raise ValueError(f"alpha ({alpha}) must exceed 4·n_sensors·beta ({4 * n_sensors * beta})")
