@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from saferl.commands import _checks as c
+from saferl.commands._checks import UsageError
+
+METHODS = ["bc_all", "bc_safe", "bcq_lag", "fisor"]
 
 
 def register(subparsers) -> None:
@@ -13,60 +17,99 @@ def register(subparsers) -> None:
         help="run offline safe-RL methods on DSRL-format datasets (DSRL protocol)",
         description="Train each method on each dataset for each seed (and threshold, for "
         "threshold-conditioned methods), evaluate with the DSRL protocol and write "
-        "<out>/<prefix>_table.md, <prefix>_scatter.png and <prefix>_rows.json.",
+        "<out>/<prefix>_table.md, <prefix>_scatter.png, <prefix>_rows.json and "
+        "<prefix>_config.json.",
     )
     p.add_argument("datasets", nargs="+", help="DSRL-format HDF5 files (saferl.data)")
-    p.add_argument("--methods", nargs="+", default=["bc_all", "bc_safe", "bcq_lag", "fisor"],
-                   choices=["bc_all", "bc_safe", "bcq_lag", "fisor"])  # fmt: skip
-    p.add_argument("--thresholds", type=float, nargs="+", default=None,
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
+                   help="methods to run")  # fmt: skip
+    p.add_argument("--thresholds", type=c.non_negative_float, nargs="+", default=None,
                    help="cost thresholds κ (default: each dataset's cost_thresholds)")  # fmt: skip
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
-    p.add_argument("--max-eval-steps", type=int, default=None, help="truncate evaluation")
-    p.add_argument("--fisor-iterations", type=int, default=1_000_000)
-    p.add_argument("--fisor-actor-batch", type=int, default=2048,
-                   help="actor transitions per iteration (split in two updates)")  # fmt: skip
-    p.add_argument("--fisor-critic-batch", type=int, default=256)
-    p.add_argument("--fisor-width", type=int, default=256, help="LN-ResNet width")
-    p.add_argument("--bc-steps", type=int, default=100_000)
-    p.add_argument("--bcq-steps", type=int, default=100_000)
-    p.add_argument("--bcq-batch", type=int, default=512)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--episodes", type=c.positive_int, default=20, help="evaluation episodes")
+    p.add_argument("--max-eval-steps", type=c.positive_int, default=None,
+                   help="truncate evaluation episodes (default: the dataset's length)")  # fmt: skip
+    p.add_argument("--fisor-iterations", type=c.positive_int, default=1_000_000,
+                   help="FISOR gradient steps")  # fmt: skip
+    p.add_argument("--fisor-actor-batch", type=c.positive_int, default=2048,
+                   help="FISOR actor transitions per iteration (split in two updates)")  # fmt: skip
+    p.add_argument("--fisor-critic-batch", type=c.positive_int, default=256,
+                   help="FISOR critic batch size")  # fmt: skip
+    p.add_argument("--fisor-width", type=c.positive_int, default=256,
+                   help="FISOR actor LN-ResNet width")  # fmt: skip
+    p.add_argument("--bc-steps", type=c.positive_int, default=100_000,
+                   help="BC-All / BC-Safe gradient steps")  # fmt: skip
+    p.add_argument("--bcq-steps", type=c.positive_int, default=100_000,
+                   help="BCQ-Lag gradient steps")  # fmt: skip
+    p.add_argument("--bcq-batch", type=c.positive_int, default=512, help="BCQ-Lag batch size")
+    p.add_argument("--device", default=None, help=c.DEVICE_HELP)
+    p.add_argument("--threads", type=c.positive_int, default=1, help="torch threads on CPU")
     p.add_argument("--out", default="bench_results", help="output folder")
     p.add_argument("--prefix", default="bench", help="output file prefix")
     p.set_defaults(func=run)
 
 
+def load_datasets(paths: list[str], bc_safe: bool, thresholds: list[float] | None) -> list:
+    """(task name, data, metadata) per file, every file checked before any training: it loads,
+    names a task of its own, its env can be built for evaluation and, when BC-Safe runs, each
+    threshold (``thresholds`` or the dataset's own) leaves it at least one trajectory."""
+    tasks, names = [], {}
+    for path in paths:
+        data, meta = c.load_dataset(path)
+        name = Path(path).stem
+        if name in names:
+            raise UsageError(f"datasets {names[name]!r} and {path!r} have the same name {name!r}; "
+                             "their rows would be merged (rename one)")  # fmt: skip
+        names[name] = path
+        c.check_env(meta, path)
+        if bc_safe:
+            for kappa in thresholds or meta.cost_thresholds:
+                c.check_safe_data(data, kappa, path)
+        tasks.append((name, data, meta))
+    return tasks
+
+
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from saferl.common import torch_threads, write_json
+    from saferl.offline import make_config
+    from saferl.offline.bench import BenchConfig, run_bench, write_results
 
-    from saferl.offline import BCConfig, BCQLagConfig, FISORConfig
-    from saferl.offline.bench import BenchConfig, load_tasks, run_bench, write_results
+    # --- checks: nothing below trains until every input and output is known to be good
+    device = c.check_device(args.device)
+    if not args.prefix or Path(args.prefix).name != args.prefix or args.prefix in (".", ".."):
+        raise UsageError(f"--prefix must be a plain file-name prefix, got {args.prefix!r}")
+    out = c.check_output_dir(args.out, "--out folder")
+    for suffix in ("rows.json", "table.md", "scatter.png", "config.json"):
+        c.check_output_file(out / f"{args.prefix}_{suffix}", "output file")
+    tasks = load_datasets(args.datasets, "bc_safe" in args.methods, args.thresholds)
+    with c.user_errors():
+        budgets = {
+            "fisor": {"steps": args.fisor_iterations, "actor_batch_size": args.fisor_actor_batch,
+                      "critic_batch_size": args.fisor_critic_batch,
+                      "actor_width": args.fisor_width,
+                      "log_every": max(1, args.fisor_iterations // 10)},
+            "bc_all": {"steps": args.bc_steps},
+            "bc_safe": {"steps": args.bc_steps},
+            "bcq_lag": {"steps": args.bcq_steps, "batch_size": args.bcq_batch},
+        }  # fmt: skip
+        configs = {name: budgets[name] for name in args.methods}
+        for name, budget in configs.items():  # checked now (κ: a placeholder)
+            make_config(name, budget, cost_limit=1.0)
+        config = BenchConfig(
+            methods=tuple(args.methods),
+            thresholds=tuple(args.thresholds) if args.thresholds else None,
+            seeds=tuple(args.seeds),
+            episodes=args.episodes,
+            max_eval_steps=args.max_eval_steps,
+            configs=configs,
+            device=device,
+        )
 
-    torch.set_num_threads(args.threads)
-    fisor = FISORConfig(
-        iterations=args.fisor_iterations,
-        actor_batch_size=args.fisor_actor_batch,
-        critic_batch_size=args.fisor_critic_batch,
-        actor_width=args.fisor_width,
-        log_every=max(1, args.fisor_iterations // 10),
-    )
-    config = BenchConfig(
-        methods=tuple(args.methods),
-        thresholds=tuple(args.thresholds) if args.thresholds else None,
-        seeds=tuple(args.seeds),
-        episodes=args.episodes,
-        max_eval_steps=args.max_eval_steps,
-        fisor=fisor,
-        bc=BCConfig(steps=args.bc_steps),
-        bcq_lag=BCQLagConfig(steps=args.bcq_steps, batch_size=args.bcq_batch),
-        device=args.device,
-    )
-    rows = run_bench(load_tasks(args.datasets), config)
-    summary, table = write_results(rows, args.out, args.prefix)
+    # --- the work
+    with torch_threads(args.threads):
+        rows = run_bench(tasks, config)
+    summary, table = write_results(rows, out, args.prefix)
     print(table)
-    Path(args.out, f"{args.prefix}_config.json").write_text(
-        json.dumps({"argv": vars(args) | {"func": None}}, indent=1, default=str)
-    )
+    argv = {k: v for k, v in vars(args).items() if k != "func"}
+    write_json(out / f"{args.prefix}_config.json", {"argv": argv, "device": device}, indent=1)
     return 0

@@ -8,8 +8,13 @@ import envs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("envs", help="list env ids with observation/action sizes")
-    p.add_argument("--filter", default="", help="only ids containing this text")
+    p = subparsers.add_parser(
+        "envs",
+        help="list env ids with observation/action sizes",
+        description="List every env id this package registers (3D tasks and planar velocity "
+        "tasks) with its observation and action sizes and, for 3D tasks, its limb count.",
+    )
+    p.add_argument("--filter", default="", help="only ids containing this text (any case)")
     p.set_defaults(func=run)
 
 

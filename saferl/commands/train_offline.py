@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+
+from saferl.commands import _checks as c
+from saferl.commands._checks import UsageError
+
+METHODS = ["fisor", "bc_all", "bc_safe", "bcq_lag"]
 
 
 def register(subparsers) -> None:
@@ -14,67 +17,72 @@ def register(subparsers) -> None:
         description="Train one method, write a safetensors + JSON checkpoint to --out and, "
         "unless --episodes 0, evaluate it with the DSRL protocol (metrics.json).",
     )
-    p.add_argument("method", choices=["fisor", "bc_all", "bc_safe", "bcq_lag"])
+    p.add_argument("method", choices=METHODS, help="offline safe-RL method")
     p.add_argument("dataset", help="DSRL-format HDF5 file (saferl.data)")
     p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=c.positive_int, default=None,
                    help="gradient steps (default: the method's reference budget)")  # fmt: skip
     p.add_argument(
         "--threshold",
-        type=float,
+        type=c.non_negative_float,
         default=None,
         help="cost threshold κ for bc_safe / bcq_lag (default: the dataset's first)",
     )
-    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes (0: none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    p.add_argument("--episodes", type=c.non_negative_int, default=20,
+                   help="evaluation episodes (0: no evaluation)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="training and evaluation seed")
+    p.add_argument("--device", default=None, help=c.DEVICE_HELP)
+    p.add_argument("--threads", type=c.positive_int, default=1, help="torch threads on CPU")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from saferl.common import torch_threads, write_json
+    from saferl.offline import get_method, make_config
 
-    from saferl.data import load_dataset
-    from saferl.offline import (
-        BCConfig,
-        BCQLagConfig,
-        FISORConfig,
-        dsrl_scores,
-        evaluate_policy,
-        make_env,
-        task_info,
-        train_bc,
-        train_bcq_lag,
-        train_fisor,
-    )
-
-    torch.set_num_threads(args.threads)
-    data, meta = load_dataset(args.dataset)
-    kappa = args.threshold if args.threshold is not None else meta.cost_thresholds[0]
-    steps = {} if args.iterations is None else {"steps": args.iterations}
-    if args.method == "fisor":
-        its = {} if args.iterations is None else {"iterations": args.iterations}
-        agent, log = train_fisor(data, meta, FISORConfig(seed=args.seed, **its), args.device,
-                                 progress=True)  # fmt: skip
-    elif args.method == "bcq_lag":
-        cfg = BCQLagConfig(seed=args.seed, cost_limit=kappa, **steps)
-        agent, log = train_bcq_lag(data, meta, cfg, args.device, progress=True)
-    else:
-        limit = kappa if args.method == "bc_safe" else None
-        cfg = BCConfig(seed=args.seed, cost_limit=limit, **steps)
-        agent, log = train_bc(data, meta, cfg, args.device, progress=True)
-    agent.save(args.out)
-    out = {"method": args.method, "dataset": args.dataset, "train_log": log}
+    # --- checks: nothing below trains until every input and output is known to be good
+    device = c.check_device(args.device)
+    out = c.check_output_dir(args.out, "--out folder")
+    for name in ("model.safetensors", "config.json", "metrics.json"):
+        c.check_output_file(out / name, "output file")
+    data, meta = c.load_dataset(args.dataset)
+    method = get_method(args.method)
+    kappa = args.threshold
+    if kappa is None and method.threshold_conditioned:
+        if not meta.cost_thresholds:
+            raise UsageError(f"dataset {args.dataset!r} records no cost thresholds; "
+                             f"pass --threshold for {args.method}")  # fmt: skip
+        kappa = float(meta.cost_thresholds[0])
+    if args.method == "bc_safe":
+        c.check_safe_data(data, kappa, args.dataset)
     if args.episodes > 0:
-        info = task_info(meta)
-        res = evaluate_policy(agent.act, lambda: make_env(info.env_id, **meta.env_kwargs),
-                              args.episodes, args.seed, info.max_episode_steps)  # fmt: skip
-        out["scores"] = dsrl_scores(res, info, meta.cost_thresholds)
-        for r in out["scores"]:
-            print(
-                f"κ={r['threshold']:g}: normalised reward {r['reward']:.3f}, "
-                f"normalised cost {r['cost']:.3f} ({'safe' if r['safe'] else 'unsafe'})"
-            )
-    Path(args.out, "metrics.json").write_text(json.dumps(out, indent=1))
+        c.check_env(meta, args.dataset)
+    steps = {} if args.iterations is None else {"steps": args.iterations}
+    with c.user_errors():
+        config = make_config(args.method, seed=args.seed, cost_limit=kappa, **steps)
+
+    # --- the work
+    with torch_threads(args.threads):
+        agent, log = method.train(data, meta, config, device, progress=True)
+        agent.save(out)
+        metrics = {"method": args.method, "dataset": args.dataset, "device": device,
+                   "train_log": log}  # fmt: skip
+        if args.episodes > 0:
+            metrics["scores"] = evaluate(agent, meta, args.episodes, args.seed)
+            for r in metrics["scores"]:
+                print(
+                    f"κ={r['threshold']:g}: normalised reward {r['reward']:.3f}, "
+                    f"normalised cost {r['cost']:.3f} ({'safe' if r['safe'] else 'unsafe'})"
+                )
+    write_json(out / "metrics.json", metrics, indent=1)
     return 0
+
+
+def evaluate(agent, meta, episodes: int, seed: int) -> list[dict]:
+    """DSRL scores of ``agent`` on the dataset's own task, at each of its thresholds."""
+    from saferl.data import rollout
+    from saferl.offline import dsrl_scores
+
+    res = rollout(agent.act, meta.make_env, episodes, seed=seed,
+                  max_steps=meta.max_episode_steps, record=False)  # fmt: skip
+    return dsrl_scores(res, meta, meta.cost_thresholds)

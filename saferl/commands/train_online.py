@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 
+from envs.locomotion import COST_TYPES
+from saferl.commands import _checks as c
 from saferl.online.td3 import TD3Config
 
 
@@ -19,22 +21,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     defaults = TD3Config()
     parser.add_argument("--suite", default=defaults.suite, help="suite of envs.catalogue()")
-    parser.add_argument("--agents", nargs="+", default=None, help="train on these agents")
-    parser.add_argument("--policy", default=defaults.policy, choices=["set", "transformer", "mlp"])
-    parser.add_argument(
-        "--net-config", default=None, help="JSON dict of network sizes, e.g. '{\"width\": 64}'"
-    )
-    parser.add_argument("--steps", type=int, default=defaults.total_steps, help="transitions")
-    parser.add_argument("--learning-starts", type=int, default=defaults.learning_starts)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate)
-    parser.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm)
-    parser.add_argument("--buffer-size", type=int, default=defaults.buffer_size)
-    parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes)
-    parser.add_argument("--eval-max-steps", type=int, default=None, help="cap eval episodes")
-    parser.add_argument("--cost-type", default=defaults.cost_type)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=None, help="cuda if available, else cpu")
+    parser.add_argument("--agents", nargs="+", default=None,
+                        help="train on these catalogue agents (default: the suite's training "
+                             "agents)")  # fmt: skip
+    parser.add_argument("--policy", default=defaults.policy, choices=["set", "transformer", "mlp"],
+                        help="policy network")  # fmt: skip
+    parser.add_argument("--net-config", type=c.json_object, default=None,
+                        help="JSON object of network sizes, e.g. '{\"width\": 64}' (default: "
+                             "the policy's reference sizes)")  # fmt: skip
+    parser.add_argument("--steps", type=c.positive_int, default=defaults.total_steps,
+                        help="transitions over all agents")  # fmt: skip
+    parser.add_argument("--learning-starts", type=c.non_negative_int,
+                        default=defaults.learning_starts,
+                        help="uniform random transitions before learning")  # fmt: skip
+    parser.add_argument("--batch-size", type=c.positive_int, default=defaults.batch_size,
+                        help="minibatch size")  # fmt: skip
+    parser.add_argument("--lr", type=c.positive_float, default=defaults.learning_rate,
+                        help="Adam step size")  # fmt: skip
+    parser.add_argument("--max-grad-norm", type=c.positive_float, default=defaults.max_grad_norm,
+                        help="gradient-norm clip")  # fmt: skip
+    parser.add_argument("--buffer-size", type=c.positive_int, default=defaults.buffer_size,
+                        help="replay buffer capacity")  # fmt: skip
+    parser.add_argument("--eval-episodes", type=c.positive_int, default=defaults.eval_episodes,
+                        help="evaluation episodes per agent")  # fmt: skip
+    parser.add_argument("--eval-max-steps", type=c.positive_int, default=None,
+                        help="cap evaluation episodes (default: the env's 1000 steps)")  # fmt: skip
+    parser.add_argument("--cost-type", default=defaults.cost_type, choices=COST_TYPES,
+                        help="safety cost recorded in info['cost']")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seeds numpy, torch, the envs and SB3")  # fmt: skip
+    parser.add_argument("--device", default=None, help=c.DEVICE_HELP)
     parser.add_argument("--out", default=None, help="folder for the actor checkpoint and metrics")
     parser.add_argument("--sb3-zip", action="store_true",
                         help="also save Stable-Baselines3's model.zip (read back with pickle: "
@@ -44,21 +60,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferl.online.td3 import save_run, train
+    from saferl.online.td3 import save_run, train, validate
 
-    net_config = json.loads(args.net_config) if args.net_config else None
-    if net_config is not None and not isinstance(net_config, dict):
-        raise ValueError(f"--net-config must be a JSON object, got {args.net_config!r}")
-    config = TD3Config(
-        suite=args.suite, agents=args.agents, policy=args.policy, net_config=net_config,
-        total_steps=args.steps, learning_starts=args.learning_starts,
-        batch_size=args.batch_size, learning_rate=args.lr, max_grad_norm=args.max_grad_norm,
-        buffer_size=args.buffer_size, eval_episodes=args.eval_episodes,
-        eval_max_steps=args.eval_max_steps,
-        cost_type=args.cost_type, seed=args.seed,
-    )  # fmt: skip
+    # --- checks: nothing below trains until every input and output is known to be good
+    device = c.check_device(args.device)
+    if args.out is not None:
+        out = c.check_output_dir(args.out, "--out folder")
+        names = ["model.safetensors", "config.json", "metrics.json"]
+        for name in names + (["model.zip"] if args.sb3_zip else []):
+            c.check_output_file(out / name, "output file")
+    with c.user_errors():
+        config = TD3Config(
+            suite=args.suite, agents=args.agents, policy=args.policy, net_config=args.net_config,
+            total_steps=args.steps, learning_starts=args.learning_starts,
+            batch_size=args.batch_size, learning_rate=args.lr, max_grad_norm=args.max_grad_norm,
+            buffer_size=args.buffer_size, eval_episodes=args.eval_episodes,
+            eval_max_steps=args.eval_max_steps,
+            cost_type=args.cost_type, seed=args.seed,
+        )  # fmt: skip
+        validate(config)  # suite, agents, policy kind and --net-config fields
+
+    # --- the work
     print(json.dumps(dataclasses.asdict(config)))
-    result = train(config, device=args.device, progress=args.progress)
+    result = train(config, device=device, progress=args.progress)
     print(f"trained {config.policy} on {config.suite} for {config.total_steps} transitions "
           f"in {result.seconds:.0f} s; {len(result.episodes)} training episodes")  # fmt: skip
     for agent, stats in result.evaluation.items():
