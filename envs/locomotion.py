@@ -89,9 +89,9 @@ class Locomotion3DEnv(gym.Env):
     ## Episode End
     Terminated when the torso height leaves the family's band, the torso tilts beyond the
     family's limit, the agent stands still (cheetah: ``|qvel|² ≤ 1`` for ``stall_steps``
-    consecutive steps, then ``info["stalled"] = True``), or the simulation diverges (non-finite state or MuJoCo's bad qpos/qvel/qacc
-    warning, after which MuJoCo resets the state): then ``info["diverged"] = True``, the reward
-    is 0 and the last finite observation is returned.
+    consecutive steps, then ``info["stalled"] = True``), or the simulation diverges (non-finite
+    state or MuJoCo's bad qpos/qvel/qacc warning, after which MuJoCo resets the state): then
+    ``info["diverged"] = True``, the reward is 0 and the last finite observation is returned.
     Truncated by the TimeLimit wrapper after 1000 steps.
 
     ## Arguments

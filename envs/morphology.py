@@ -110,17 +110,21 @@ def validate(morph: Morphology) -> None:
                 f"expected an index in [0, {i}) (parents before children)"
             )
     for limb in morph.limbs:
-        if limb.length <= 0 or limb.radius <= 0:
-            raise ValueError(f"limb {limb.name!r}: length and radius must be positive")
-        if abs(np.linalg.norm(limb.direction) - 1.0) > 1e-6:
-            raise ValueError(f"limb {limb.name!r}: direction {limb.direction} is not a unit vector")
-        if any(not (np.isfinite(g) and g >= 0) for g in limb.gears):
-            raise ValueError(f"limb {limb.name!r}: gears must be finite and >= 0, got {limb.gears}")
-        if limb.mass is not None and not (np.isfinite(limb.mass) and limb.mass > 0):
-            raise ValueError(f"limb {limb.name!r}: mass must be finite and > 0, got {limb.mass}")
-        for name, value in (("damping", limb.damping), ("stiffness", limb.stiffness)):
-            if value is not None and not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"limb {limb.name!r}: {name} must be finite and >= 0, got {value}")
-        for lo, hi in limb.joint_ranges:
-            if not lo < hi:
-                raise ValueError(f"limb {limb.name!r}: joint range ({lo}, {hi}) needs lo < hi")
+        _validate_limb(limb)
+
+
+def _validate_limb(limb: Limb) -> None:
+    if limb.length <= 0 or limb.radius <= 0:
+        raise ValueError(f"limb {limb.name!r}: length and radius must be positive")
+    if abs(np.linalg.norm(limb.direction) - 1.0) > 1e-6:
+        raise ValueError(f"limb {limb.name!r}: direction {limb.direction} is not a unit vector")
+    if any(not (np.isfinite(g) and g >= 0) for g in limb.gears):
+        raise ValueError(f"limb {limb.name!r}: gears must be finite and >= 0, got {limb.gears}")
+    if limb.mass is not None and not (np.isfinite(limb.mass) and limb.mass > 0):
+        raise ValueError(f"limb {limb.name!r}: mass must be finite and > 0, got {limb.mass}")
+    for name, value in (("damping", limb.damping), ("stiffness", limb.stiffness)):
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"limb {limb.name!r}: {name} must be finite and >= 0, got {value}")
+    for lo, hi in limb.joint_ranges:
+        if not lo < hi:
+            raise ValueError(f"limb {limb.name!r}: joint range ({lo}, {hi}) needs lo < hi")

@@ -81,6 +81,10 @@ def make_planar(robot: str, **kwargs) -> gym.Env:
     if robot not in PLANAR_TASKS:
         raise KeyError(f"unknown planar robot {robot!r}; expected one of {sorted(PLANAR_TASKS)}")
     task = PLANAR_TASKS[robot]
+    limb_only = sorted({"max_limbs", "obs_view", "cost_type", "agent", "task"} & set(kwargs))
+    if limb_only:
+        raise ValueError(f"{limb_only} apply to the 3D tasks only; SaferlPlanar-{robot}Velocity "
+                         "takes Gymnasium's MuJoCo keyword arguments")  # fmt: skip
     kwargs = {**dict(task.base_kwargs), **kwargs}
     if robot == "HalfCheetah" and "xml_file" not in kwargs:
         kwargs["xml_file"] = str(_without_settotalmass(_gymnasium_asset("half_cheetah.xml")))

@@ -144,7 +144,7 @@ def stage_certify(ctx: DemoContext) -> dict:
     import torch
 
     import certify
-    from saferl.offline import BCConfig, train_bc
+    from saferl.offline import get_method, make_config
     from saferl.offline.demo import random_rollouts
 
     cfg = ctx.config
@@ -153,9 +153,9 @@ def stage_certify(ctx: DemoContext) -> dict:
         (offline["data"], offline["metadata"]) if offline else random_rollouts(seed=cfg.seed)
     )
     kappa = float(meta.cost_thresholds[0])
-    bc_config = BCConfig(steps=200 if cfg.quick else 2000, hidden=(64, 64), cost_limit=kappa,
-                         seed=cfg.seed)  # fmt: skip
-    bc, _ = train_bc(data, meta, bc_config, device="cpu")
+    base = {"steps": 200 if cfg.quick else 2000, "hidden": (64, 64)}
+    bc_config = make_config("bc_safe", base, seed=cfg.seed, cost_limit=kappa)
+    bc, _ = get_method("bc_safe").train(data, meta, bc_config, "cpu")
     actor = torch.nn.Sequential(bc.actor.net, torch.nn.Tanh())
     rng = np.random.default_rng(cfg.seed)
     idx = rng.choice(

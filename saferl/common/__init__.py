@@ -22,6 +22,6 @@ from saferl.common.runtime import (
 
 __all__ = [
     "PIDLagrangian", "PIDLagrangianConfig", "TorchRNG", "annealed_limit", "atomic_write",
-    "default_device", "load_checkpoint", "resolve_device", "save_checkpoint", "save_figure", "seeded",
-    "torch_threads", "versions", "write_bytes", "write_json", "write_text",
+    "default_device", "load_checkpoint", "resolve_device", "save_checkpoint", "save_figure",
+    "seeded", "torch_threads", "versions", "write_bytes", "write_json", "write_text",
 ]  # fmt: skip

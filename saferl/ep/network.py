@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from saferl.common.runtime import default_device
+from saferl.common.runtime import resolve_device
 
 # ----------------------------------------------------------------------------------------------
 # Activations. ``holomorphic`` marks the ones that are complex-analytic, which the N >= 2 Cauchy
@@ -148,7 +148,7 @@ class EPNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.act = get_activation(config.activation)
-        dev = torch.device(device if device is not None else default_device())
+        dev = resolve_device(device)
         dtype = getattr(torch, config.dtype)
         gen = torch.Generator().manual_seed(seed)
         sizes = (config.in_dim, *config.layer_sizes)

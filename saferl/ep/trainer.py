@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saferl.common.runtime import default_device
+from saferl.common.runtime import resolve_device
 from saferl.ep.estimators import (
     check_estimator,
     dynamics_gradients,
@@ -111,7 +111,7 @@ class EPTrainer:
         device: str | torch.device | None = None,
     ) -> None:
         self.config = config or EPTrainerConfig()
-        self.device = torch.device(device if device is not None else default_device())
+        self.device = resolve_device(device)
         self.net = EPNetwork(net_config, device=self.device, seed=self.config.seed)
         if self.config.method == "ep":
             check_estimator(self.net, self.config.n_points, self.config.beta)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from saferl.common.runtime import default_device, seeded
+from saferl.common.runtime import resolve_device, seeded
 from saferl.data.dsrl import DatasetMetadata, safe_trajectories, validate_data
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import MLP
@@ -79,7 +79,7 @@ class BC(Checkpointed):
     ) -> None:
         self.config = config or BCConfig()
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
             self.actor = MLP(obs_dim, act_dim, self.config.hidden, squash=True).to(self.device)

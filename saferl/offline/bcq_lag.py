@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig
-from saferl.common.runtime import default_device, seeded
+from saferl.common.runtime import resolve_device, seeded
 from saferl.data.dsrl import DatasetMetadata, validate_data
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import (
@@ -213,7 +213,7 @@ class BCQLag(Checkpointed):
     ) -> None:
         self.config = config or BCQLagConfig()
         self.obs_dim, self.act_dim, self.horizon = obs_dim, act_dim, horizon
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
             self.nets = BCQLagNets(obs_dim, act_dim, self.config).to(self.device)

@@ -30,7 +30,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from saferl.common.runtime import TorchRNG, default_device, seeded
+from saferl.common.runtime import TorchRNG, resolve_device, seeded
 from saferl.data.dsrl import DatasetMetadata, validate_data
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import MLP, EnsembleMLP, LNResNetNoise, ema_update
@@ -341,7 +341,7 @@ class FISOR(Checkpointed):
             raise ValueError(f"obs_dim and act_dim must be >= 1, got {obs_dim}, {act_dim}")
         self.config = config or FISORConfig()
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
             self.nets = FISORNets(obs_dim, act_dim, self.config).to(self.device)

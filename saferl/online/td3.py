@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import envs
 from saferl.common.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_checkpoint
 from saferl.common.io import atomic_write, write_json
-from saferl.common.runtime import default_device, seeded, torch_threads, versions
+from saferl.common.runtime import resolve_device, seeded, torch_threads, versions
 from saferl.data.rollout import rollout
 from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, make_config
 
@@ -196,7 +196,7 @@ def build_model(
             "optimizer_kwargs": {"max_grad_norm": config.max_grad_norm},
         },
         seed=config.seed,
-        device=device or default_device(),
+        device=resolve_device(device),
         verbose=verbose,
     )
 
@@ -319,7 +319,7 @@ def load_actor(folder: str, device: str | None = None) -> torch.nn.Module:
     cfg = saved["td3"]
     actor = build_actor(cfg["policy"], obs_space, act_space, cfg["net_config"], device="cpu")
     actor.load_state_dict(state)
-    return actor.to(device or default_device()).eval()
+    return actor.to(resolve_device(device)).eval()
 
 
 @torch.no_grad()

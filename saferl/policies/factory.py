@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saferl.common.runtime import default_device
+from saferl.common.runtime import resolve_device
 from saferl.policies.graph import layout_for
 from saferl.policies.mlp import MLPActor, MLPConfig, MLPCritic
 from saferl.policies.set import SETActor, SETConfig, SETCritic
@@ -54,7 +54,7 @@ def build_actor(
     (B, L*3) in [-1, 1]. Spaces are the env's flat Boxes (ValueError if they match no layout)."""
     cfg = make_config(kind, config)
     layout = layout_for(observation_space, action_space)
-    return KINDS[kind][1](layout, cfg).to(device or default_device())
+    return KINDS[kind][1](layout, cfg).to(resolve_device(device))
 
 
 def build_critic(
@@ -67,4 +67,4 @@ def build_critic(
     """Critic of ``kind``: (obs (B, flat), actions (B, L, 3)) -> Q (B, 1)."""
     cfg = make_config(kind, config)
     layout = layout_for(observation_space, action_space)
-    return KINDS[kind][2](layout, cfg).to(device or default_device())
+    return KINDS[kind][2](layout, cfg).to(resolve_device(device))
