@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--episodes", type=c.positive_int, default=20, help="evaluation episodes")
     p.add_argument("--max-eval-steps", type=c.positive_int, default=None,
                    help="truncate evaluation episodes (default: the dataset's length)")  # fmt: skip
-    p.add_argument("--fisor-iterations", type=c.positive_int, default=1_000_000,
+    p.add_argument("--fisor-steps", type=c.positive_int, default=1_000_000,
                    help="FISOR gradient steps")  # fmt: skip
     p.add_argument("--fisor-actor-batch", type=c.positive_int, default=2048,
                    help="FISOR actor transitions per iteration (split in two updates)")  # fmt: skip
@@ -84,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
     tasks = load_datasets(args.datasets, "bc_safe" in args.methods, args.thresholds)
     with c.user_errors():
         budgets = {
-            "fisor": {"steps": args.fisor_iterations, "actor_batch_size": args.fisor_actor_batch,
+            "fisor": {"steps": args.fisor_steps, "actor_batch_size": args.fisor_actor_batch,
                       "critic_batch_size": args.fisor_critic_batch,
                       "actor_width": args.fisor_width,
-                      "log_every": max(1, args.fisor_iterations // 10)},
+                      "log_every": max(1, args.fisor_steps // 10)},
             "bc_all": {"steps": args.bc_steps},
             "bc_safe": {"steps": args.bc_steps},
             "bcq_lag": {"steps": args.bcq_steps, "batch_size": args.bcq_batch},

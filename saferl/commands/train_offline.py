@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("method", choices=METHODS, help="offline safe-RL method")
     p.add_argument("dataset", help="DSRL-format HDF5 file (saferl.data)")
     p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--iterations", type=c.positive_int, default=None,
+    p.add_argument("--steps", type=c.positive_int, default=None,
                    help="gradient steps (default: the method's reference budget)")  # fmt: skip
     p.add_argument(
         "--threshold",
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         c.check_safe_data(data, kappa, args.dataset)
     if args.episodes > 0:
         c.check_env(meta, args.dataset)
-    steps = {} if args.iterations is None else {"steps": args.iterations}
+    steps = {} if args.steps is None else {"steps": args.steps}
     with c.user_errors():
         config = make_config(args.method, seed=args.seed, cost_limit=kappa, **steps)
 

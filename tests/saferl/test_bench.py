@@ -24,7 +24,7 @@ def dataset_file(tmp_path_factory):
 def test_bench_cli_writes_table_plot_and_rows(dataset_file, tmp_path):
     out = tmp_path / "bench"
     argv = ["bench", str(dataset_file), "--seeds", "0", "--episodes", "2",
-            "--max-eval-steps", "8", "--fisor-iterations", "5", "--fisor-actor-batch", "32",
+            "--max-eval-steps", "8", "--fisor-steps", "5", "--fisor-actor-batch", "32",
             "--fisor-critic-batch", "32", "--fisor-width", "16", "--bc-steps", "5",
             "--bcq-steps", "3", "--out", str(out), "--prefix", "t"]  # fmt: skip
     assert main(argv) == 0
@@ -43,7 +43,7 @@ def test_bench_cli_writes_table_plot_and_rows(dataset_file, tmp_path):
 def test_train_offline_cli_saves_a_loadable_checkpoint(dataset_file, tmp_path):
     ckpt = tmp_path / "bc"
     argv = ["train-offline", "bc_safe", str(dataset_file), "--out", str(ckpt),
-            "--iterations", "5", "--episodes", "0"]  # fmt: skip
+            "--steps", "5", "--episodes", "0"]  # fmt: skip
     assert main(argv) == 0
     agent = BC.load(ckpt, device="cpu")
     assert agent.config.cost_limit == 2.0 and agent.config.steps == 5

@@ -22,10 +22,10 @@ from saferl.cli import build_parser, main
 PLANAR = "SaferlPlanar-HopperVelocity-v0"
 TINY_COLLECT = ["--steps", "64", "--max-episode-steps", "20", "--checkpoints", "1", "--episodes",
                 "1", "--max-per-cell", "1", "--grid-bins", "2", "--quiet"]  # fmt: skip
-TINY_BENCH = ["--seeds", "0", "--episodes", "1", "--max-eval-steps", "5", "--fisor-iterations",
+TINY_BENCH = ["--seeds", "0", "--episodes", "1", "--max-eval-steps", "5", "--fisor-steps",
               "2", "--fisor-actor-batch", "8", "--fisor-critic-batch", "8", "--fisor-width", "8",
               "--bc-steps", "2", "--bcq-steps", "2", "--bcq-batch", "8"]  # fmt: skip
-TINY_OFFLINE = ["--iterations", "3", "--episodes", "0"]
+TINY_OFFLINE = ["--steps", "3", "--episodes", "0"]
 TINY_ONLINE = ["--suite", "Hopper++", "--agents", "hopper_3", "--policy", "mlp", "--steps", "20",
                "--learning-starts", "10", "--batch-size", "8", "--buffer-size", "50",
                "--eval-episodes", "1", "--eval-max-steps", "5"]  # fmt: skip
@@ -206,7 +206,7 @@ def test_train_offline_refuses_a_dataset_whose_env_does_not_exist(capsys, tmp_pa
     path = tmp_path / "gone.hdf5"
     save_dataset(path, data, meta)
     result = run(capsys, "train-offline", "bc_all", path, "--out", tmp_path / "o",
-                 "--iterations", "3", "--episodes", "1")  # fmt: skip
+                 "--steps", "3", "--episodes", "1")  # fmt: skip
     assert_user_error(result, "Saferl3D-Gone-v0")
     assert not (tmp_path / "o").exists()
 
@@ -242,7 +242,7 @@ def test_collect_refuses_max_limbs_below_the_agents_limbs(capsys, tmp_path):
 
 def test_train_offline_refuses_negative_episodes(capsys, tmp_path, dataset):
     result = run(capsys, "train-offline", "bc_all", dataset, "--out", tmp_path / "o",
-                 "--iterations", "3", "--episodes", "-3")  # fmt: skip
+                 "--steps", "3", "--episodes", "-3")  # fmt: skip
     assert_user_error(result, "--episodes")
     assert not (tmp_path / "o").exists()
 
