@@ -46,10 +46,10 @@ from saferl.offline.networks import (
     per_step_cost_threshold,
 )
 from saferl.offline.registry import METHODS, Method, get_method, make_config
-from saferl.offline.trainer import OfflineAgent, config_from_dict, fit
+from saferl.offline.trainer import AgentBase, OfflineAgent, config_from_dict, fit
 
 __all__ = [
-    "BC", "BCConfig", "BCQLag", "BCQLagConfig", "BenchConfig", "EnsembleMLP", "FISOR",
+    "AgentBase", "BC", "BCConfig", "BCQLag", "BCQLagConfig", "BenchConfig", "EnsembleMLP", "FISOR",
     "FISORConfig", "FISORNets", "FourierFeatures", "LNResNetNoise", "METHODS", "MLP", "Method",
     "OfflineAgent", "TransitionBuffer", "actor_loss", "bc_loss", "config_from_dict",
     "constraint_signal", "demo_stage", "dsrl_scores", "ema_update", "expectile_loss",

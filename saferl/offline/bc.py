@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from saferl.common.runtime import resolve_device, seeded
+from saferl.common.runtime import seeded
 from saferl.data.dsrl import DatasetMetadata, safe_trajectories, validate_data
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import MLP
-from saferl.offline.trainer import Checkpointed, fit
+from saferl.offline.trainer import AgentBase, fit
 
 
 @dataclass
@@ -57,7 +57,7 @@ def bc_loss(batch: Mapping[str, torch.Tensor], actor: MLP) -> tuple[torch.Tensor
     return loss, {"losses/bc": loss.detach()}
 
 
-class BC(Checkpointed):
+class BC(AgentBase):
     """A behaviour-cloned deterministic policy (BC-All or BC-Safe).
 
     Args:
@@ -77,10 +77,7 @@ class BC(Checkpointed):
         config: BCConfig | None = None,
         device: str | torch.device | None = None,
     ) -> None:
-        self.config = config or BCConfig()
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.device = resolve_device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self._setup(obs_dim, act_dim, config, device)
         with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
             self.actor = MLP(obs_dim, act_dim, self.config.hidden, squash=True).to(self.device)
         self.opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.lr)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig
-from saferl.common.runtime import resolve_device, seeded
+from saferl.common.runtime import seeded
 from saferl.data.dsrl import DatasetMetadata, validate_data
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import (
@@ -29,7 +29,7 @@ from saferl.offline.networks import (
     ema_update,
     per_step_cost_threshold,
 )
-from saferl.offline.trainer import Checkpointed, fit
+from saferl.offline.trainer import AgentBase, fit
 
 
 @dataclass
@@ -189,7 +189,7 @@ def actor_loss(batch: Mapping[str, torch.Tensor], nets: BCQLagNets, multiplier: 
     return loss, {"losses/actor": loss.detach(), "values/q_c_pi": q_c.mean().detach()}
 
 
-class BCQLag(Checkpointed):
+class BCQLag(AgentBase):
     """BCQ-Lag agent owning networks, optimisers and the PID multiplier.
 
     Args:
@@ -211,10 +211,8 @@ class BCQLag(Checkpointed):
         horizon: int = 1000,
         device: str | torch.device | None = None,
     ) -> None:
-        self.config = config or BCQLagConfig()
-        self.obs_dim, self.act_dim, self.horizon = obs_dim, act_dim, horizon
-        self.device = resolve_device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self._setup(obs_dim, act_dim, config, device)
+        self.horizon = horizon
         with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
             self.nets = BCQLagNets(obs_dim, act_dim, self.config).to(self.device)
         c, n = self.config, self.nets

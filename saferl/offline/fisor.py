@@ -30,11 +30,11 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from saferl.common.runtime import TorchRNG, resolve_device, seeded
+from saferl.common.runtime import TorchRNG, seeded
 from saferl.data.dsrl import DatasetMetadata, validate_data
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import MLP, EnsembleMLP, LNResNetNoise, ema_update
-from saferl.offline.trainer import Checkpointed, fit
+from saferl.offline.trainer import AgentBase, fit
 
 
 @dataclass
@@ -316,7 +316,7 @@ def actor_loss(
 # Agent: optimisers, update, action selection, checkpoints
 
 
-class FISOR(Checkpointed):
+class FISOR(AgentBase):
     """FISOR agent: owns the networks, optimisers and the diffusion scheduler.
 
     Args:
@@ -339,10 +339,7 @@ class FISOR(Checkpointed):
     ) -> None:
         if obs_dim < 1 or act_dim < 1:
             raise ValueError(f"obs_dim and act_dim must be >= 1, got {obs_dim}, {act_dim}")
-        self.config = config or FISORConfig()
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.device = resolve_device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self._setup(obs_dim, act_dim, config, device)
         with seeded(self.config.seed):  # initialisation, without reseeding the caller's RNG
             self.nets = FISORNets(obs_dim, act_dim, self.config).to(self.device)
             self.dropout_rng = TorchRNG(self.device)  # the actor's dropout draws from this

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from saferl.common.checkpoint import load_checkpoint, save_checkpoint
+from saferl.common.runtime import resolve_device
 
 Batches = Callable[[], tuple[Mapping[str, torch.Tensor], ...]]
 C = TypeVar("C")
@@ -43,8 +44,9 @@ class OfflineAgent(Protocol):
         """Rebuild the agent from :meth:`save`'s folder."""
 
 
-class Checkpointed:
-    """``save``/``load`` in the toolkit's checkpoint format for an agent built as
+class AgentBase:
+    """What every offline agent shares: its setup (config, sizes, device, its own generator) and
+    ``save``/``load`` in the toolkit's checkpoint format for an agent built as
     ``cls(obs_dim, act_dim, config, device=..., **init_args())``.
 
     Subclasses name their ``kind``, ``config_class`` and the module holding every weight
@@ -55,6 +57,15 @@ class Checkpointed:
     kind: ClassVar[str]
     config_class: ClassVar[type]
     weights: ClassVar[str]
+
+    def _setup(self, obs_dim: int, act_dim: int, config: Any, device: Any) -> None:
+        """Config (reference defaults when None), sizes, device (``resolve_device``) and the
+        agent's own generator for minibatches and noise, seeded with ``config.seed``. Networks
+        are then built under ``seeded(config.seed)``, so the caller's RNG is left alone."""
+        self.config = config if config is not None else self.config_class()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.device = resolve_device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
 
     def init_args(self) -> dict[str, Any]:
         return {}
