@@ -308,13 +308,17 @@ class Locomotion3DEnv(gym.Env):
         k = 3 * m  # the hinge-axis block, filled from data.xaxis
         self._stage = np.zeros(k + len(self._src))
         self._st_axes, self._st_sensors = self._stage[:k], self._stage[k:]
-        blocks = np.split(self._stage, np.cumsum([k, 3 * n, 6 * n, 9, m, m, m, n]))
+        sizes = {"hinge_axes": k, "position": 3 * n, "velocity": 6 * n, "torso_axes": 9,
+                 "angle": m, "angle_norm": m, "joint_vel": m, "height": n,
+                 "torso_frame": 12}  # fmt: skip
+        views = np.split(self._stage, np.cumsum(list(sizes.values()))[:-1])
+        blocks = dict(zip(sizes, views, strict=True))
         self._st_obs = self._stage[: len(self._dst)]
-        self._st_pos = blocks[1].reshape(n, 3)
-        self._st_vel = blocks[2].reshape(2 * n, 3)
+        self._st_pos = blocks["position"].reshape(n, 3)
+        self._st_vel = blocks["velocity"].reshape(2 * n, 3)
         self._speed, self._vel_sq = np.zeros(2 * n), np.zeros((2 * n, 3))
-        self._st_angle_norm, self._st_joint_vel = blocks[5], blocks[6]
-        self._st_torso_frame = blocks[8]  # position, x axis, y axis, z axis (world frame)
+        self._st_angle_norm, self._st_joint_vel = blocks["angle_norm"], blocks["joint_vel"]
+        self._st_torso_frame = blocks["torso_frame"]  # position, x, y, z axes (world frame)
 
     def _read_state(self) -> bool:
         """Gather and transform the current state into the stage; False if it is not finite.
@@ -512,7 +516,8 @@ class Locomotion3DEnv(gym.Env):
         }  # fmt: skip
         # healthy: torso height in the family's band, tilt of its z axis (up at rest) below the
         # limit, and (cheetah) not standing still for ``stall_steps`` steps
-        tilt = math.acos(min(1.0, max(-1.0, axes[8])))
+        up_z = axes[8]  # z component of the torso's z axis (axes: x, y, z axes, 3 numbers each)
+        tilt = math.acos(min(1.0, max(-1.0, up_z)))
         lo, hi = fam.height_band
         z0 = self.morph.torso_height
         healthy = lo * z0 < z < hi * z0 and tilt < fam.max_tilt
