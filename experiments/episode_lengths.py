@@ -22,25 +22,28 @@ import numpy as np
 
 import envs
 from saferl.common.io import write_text
+from saferl.data import rollout
 
 RESULTS = Path(__file__).resolve().parent / "results" / "episode_lengths.json"
 POLICIES = ("zero", "random")
 
 
 def episode(agent: str, policy: str, seed: int, max_steps: int = 1000) -> tuple[int, float]:
-    """(length, return) of one episode of ``agent`` under ``policy``."""
-    env = envs.make(envs.env_id(agent), max_episode_steps=max_steps)
-    env.reset(seed=seed)
+    """(length, return) of one episode of ``agent`` under ``policy`` (``saferl.data.rollout``;
+    the random torques come from a generator seeded with the episode seed)."""
     rng = np.random.default_rng(seed)
-    shape = env.action_space.shape
-    total, steps = 0.0, 0
-    while True:
-        action = np.zeros(shape) if policy == "zero" else rng.uniform(-1, 1, shape)
-        _, reward, terminated, truncated, _ = env.step(action)
-        total += float(reward)
-        steps += 1
-        if terminated or truncated:
-            return steps, total
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        shape = (len(obs), dim)
+        return np.zeros(shape) if policy == "zero" else rng.uniform(-1, 1, shape)
+
+    def env_fn():
+        return envs.make(envs.env_id(agent), max_episode_steps=max_steps)
+
+    with env_fn() as probe:
+        dim = probe.action_space.shape[0]
+    runs = rollout(act, env_fn, 1, seed, record=False)
+    return int(runs.lengths[0]), float(runs.returns[0])
 
 
 def measure(seeds: int) -> dict[str, dict[str, dict[str, list[float]]]]:
