@@ -117,7 +117,7 @@ def stage_train_online(ctx: DemoContext) -> dict:
     res = demo_stage(budget_steps=400 if ctx.config.quick else 2000, seed=ctx.config.seed)
     print(f"  TD3 + SET on {res['agent']}: {res['budget_steps']} steps, {res['episodes']} episodes,"
           f" critic TD loss {res['critic_loss_before']:.3f} -> {res['critic_loss_after']:.3f},"
-          f" eval return {res['eval_return']:.1f},"
+          f" eval return {res['eval_return']:.1f} (zero torques: {res['zero_torque_return']:.1f}),"
           f" rotation-invariance error {res['rotation_invariance_error']:.1e}")  # fmt: skip
     return res
 

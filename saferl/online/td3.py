@@ -338,7 +338,8 @@ def critic_td_loss(model: TD3, replay_data: Any) -> float:
 def demo_stage(budget_steps: int = 500, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """A tiny TD3 + SET run on one agent (hopper_3) for ``saferl demo`` (well under 60 s on a
     CPU): returns the episodes seen, the critic loss before/after extra updates on a fixed batch,
-    the return of the trained policy and its rotation-invariance error."""
+    the return of the trained policy beside that of zero torques on the same episodes, and its
+    rotation-invariance error."""
     with torch_threads(1):  # tiny networks: one thread is fastest on a shared CPU
         return _demo_stage(budget_steps, seed, device)
 
@@ -361,6 +362,11 @@ def _demo_stage(budget_steps: int, seed: int, device: str) -> dict[str, Any]:
     after = critic_td_loss(model, batch)
     actor = model.policy.actor.eval()
     error = invariance_error(actor, batch.observations, orbit_angles(12))
+    max_limbs = envs.get_morphology("hopper_3").num_limbs
+    zero = rollout(lambda obs: np.zeros((len(obs), 3 * max_limbs)),
+                   lambda: envs.make(envs.env_id("hopper_3"), max_limbs=max_limbs),
+                   config.eval_episodes, 10_000 + seed, max_steps=config.eval_max_steps,
+                   record=False)  # fmt: skip
     return {
         "agent": "hopper_3",
         "budget_steps": budget_steps,
@@ -369,6 +375,7 @@ def _demo_stage(budget_steps: int, seed: int, device: str) -> dict[str, Any]:
         "critic_loss_before": before,
         "critic_loss_after": after,
         "eval_return": result.evaluation["hopper_3"]["return_mean"],
+        "zero_torque_return": float(zero.returns.mean()),
         "rotation_invariance_error": error,
         "seconds": time.perf_counter() - start,
     }
