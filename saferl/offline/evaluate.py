@@ -24,7 +24,8 @@ def dsrl_scores(
     results: Rollouts, metadata: DatasetMetadata, thresholds: Sequence[float]
 ) -> list[dict[str, float]]:
     """One row per threshold: mean normalised reward and cost over episodes (the dataset's
-    :meth:`~saferl.data.DatasetMetadata.normalized_reward` / ``normalized_cost``), and ``safe``."""
+    :meth:`~saferl.data.DatasetMetadata.normalized_reward` / ``normalized_cost``), ``safe``, the
+    raw episode return and cost, and the mean episode length."""
     rows = []
     reward = float(metadata.normalized_reward(results.returns).mean())
     for kappa in thresholds:
@@ -37,6 +38,7 @@ def dsrl_scores(
                 "safe": c <= 1.0,
                 "raw_return": float(results.returns.mean()),
                 "raw_cost": float(results.costs.mean()),
+                "length": float(results.lengths.mean()),
             }
         )
     return rows
