@@ -126,6 +126,16 @@ def json_object(text: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- devices and paths
 
+
+def check_ray() -> None:
+    """UsageError unless Ray (the scale-out engine of ``--workers``/``--address``) imports."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise UsageError("--workers > 1 and --address run cells on Ray, which is not installed: "
+                         "pip install 'saferl[ray]'") from exc  # fmt: skip
+
+
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N or auto (default: cuda if available)"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from saferl.commands import _checks as c
@@ -43,8 +44,23 @@ def register(subparsers) -> None:
                    help="BCQ-Lag gradient steps")  # fmt: skip
     p.add_argument("--bcq-batch", type=c.positive_int, default=512, help="BCQ-Lag batch size")
     p.add_argument("--device", default=None, help=c.DEVICE_HELP)
-    p.add_argument("--threads", type=c.positive_int, default=1, help="torch threads on CPU")
-    p.add_argument("--out", default="bench_results", help="output folder")
+    p.add_argument("--threads", type=c.positive_int, default=1,
+                   help="torch threads on CPU (with --workers 1)")  # fmt: skip
+    p.add_argument("--workers", type=c.positive_int, default=1,
+                   help="cells run side by side as Ray tasks on this machine (1: in-process, "
+                        "no Ray)")  # fmt: skip
+    p.add_argument(
+        "--address",
+        default=None,
+        help="run the cells on an existing Ray cluster: 'auto' or ray://HOST:PORT",
+    )
+    p.add_argument("--cpus-per-cell", type=c.positive_float, default=1.0,
+                   help="CPUs (and torch threads) a cell reserves under Ray")  # fmt: skip
+    p.add_argument("--gpus-per-cell", type=c.non_negative_float, default=0.0,
+                   help="GPUs a cell reserves under Ray (a fraction shares one GPU)")  # fmt: skip
+    p.add_argument("--out", default="bench_results",
+                   help="output folder; finished cells are kept in <out>/<prefix>_grid/cells and "
+                        "a re-run skips them")  # fmt: skip
     p.add_argument("--prefix", default="bench", help="output file prefix")
     p.set_defaults(func=run)
 
@@ -103,13 +119,27 @@ def run(args: argparse.Namespace) -> int:
             max_eval_steps=args.max_eval_steps,
             configs=configs,
             device=device,
+            cpus_per_cell=args.cpus_per_cell,
+            gpus_per_cell=args.gpus_per_cell,
         )
+    if args.workers > 1 or args.address:
+        c.check_ray()
 
     # --- the work
     with torch_threads(args.threads):
-        rows = run_bench(tasks, config)
-    summary, table = write_results(rows, out, args.prefix)
-    print(table)
+        grid = run_bench(tasks, config, out / f"{args.prefix}_grid", args.workers, args.address)
+    if grid.rows:
+        summary, table = write_results(grid.rows, out, args.prefix)
+        print(table)
     argv = {k: v for k, v in vars(args).items() if k != "func"}
     write_json(out / f"{args.prefix}_config.json", {"argv": argv, "device": device}, indent=1)
+    print(f"{len(grid.ran)} cells ran, {len(grid.skipped)} were already done, "
+          f"{len(grid.failed)} failed ({grid.seconds:.0f} s)")  # fmt: skip
+    if grid.failed:
+        for key, error in grid.failed.items():
+            print(f"failed cell {key}: {error}", file=sys.stderr)
+        total = len(grid.failed) + len(grid.ran) + len(grid.skipped)
+        print(f"saferl bench: {len(grid.failed)} of {total} cells failed; re-run the same "
+              "command to retry them (finished cells are kept)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0

@@ -2,9 +2,10 @@
 
 Cost-blind or hard-constraint methods (BC-All, FISOR) are trained once per (task, seed) and
 their episodes scored at every threshold; threshold-conditioned methods (BC-Safe, BCQ-Lag) are
-trained once per (task, threshold, seed). Results: one row per (task, method, threshold, seed),
-summarised as threshold- and seed-averaged normalised (reward, cost), a markdown table and a
-reward-vs-cost scatter plot.
+trained once per (task, threshold, seed). Each such training is a cell of a
+:mod:`saferl.grid` grid: in this process or as Ray tasks, resumable cell by cell. Results: one
+row per (task, method, threshold, seed), summarised as threshold- and seed-averaged normalised
+(reward, cost), a markdown table and a reward-vs-cost scatter plot.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from saferl.common.io import save_figure, write_json, write_text
 from saferl.data.dsrl import DatasetMetadata, validate_data
 from saferl.data.rollout import rollout
+from saferl.grid import Cell, GridResult, run_grid
 from saferl.offline.evaluate import dsrl_scores, summarize
 from saferl.offline.registry import METHODS, get_method, make_config
 
@@ -43,6 +45,10 @@ class BenchConfig:
     the grid sets seed and, for threshold-conditioned methods, the cost threshold."""
     device: str | None = None
     """Torch device (default: cuda if available)."""
+    cpus_per_cell: float = 1.0
+    """CPUs a grid cell reserves (and its torch threads)."""
+    gpus_per_cell: float = 0.0
+    """GPUs a grid cell reserves (a fraction packs several cells on one GPU)."""
 
     def __post_init__(self) -> None:
         unknown = sorted((set(self.methods) | set(self.configs)) - set(METHODS))
@@ -50,6 +56,8 @@ class BenchConfig:
             raise ValueError(f"unknown methods {unknown}; expected some of {sorted(METHODS)}")
         if not self.seeds or self.episodes < 1:
             raise ValueError("need at least one seed and one episode")
+        if not (self.cpus_per_cell > 0 and self.gpus_per_cell >= 0):
+            raise ValueError("cpus_per_cell must be > 0 and gpus_per_cell >= 0")
         if self.thresholds is not None and any(k < 0 for k in self.thresholds):
             raise ValueError(f"thresholds must be >= 0, got {self.thresholds}")
 
@@ -58,60 +66,76 @@ Task = tuple[str, Mapping[str, np.ndarray], DatasetMetadata]
 """(task name, DSRL dict, metadata)."""
 
 
-def _train(name: str, data, meta, cfg: BenchConfig, seed: int, kappa: float | None):
-    """Train one method (through the registry); returns its batched ``act`` function."""
-    method = get_method(name)
-    config = make_config(name, cfg.configs.get(name), seed=seed,
-                         cost_limit=kappa if method.threshold_conditioned else None)  # fmt: skip
-    agent, _ = method.train(data, meta, config, cfg.device)
-    return agent.act
+def bench_cell(
+    payload: tuple[Mapping[str, np.ndarray], DatasetMetadata],
+    *,
+    task: str,
+    method: str,
+    seed: int,
+    group: tuple[float, ...],
+    config: BenchConfig,
+) -> list[dict[str, Any]]:
+    """One cell of the grid: train ``method`` (through the registry) on the task's data with
+    ``seed`` — threshold-conditioned methods at κ = ``group[0]`` — and score it at every κ of
+    ``group``; one row per κ."""
+    data, meta = payload
+    spec = get_method(method)
+    kappa = group[0] if spec.threshold_conditioned else None
+    start = time.perf_counter()
+    base = make_config(method, config.configs.get(method), seed=seed, cost_limit=kappa)
+    agent, _ = spec.train(data, meta, base, config.device)
+    train_s = time.perf_counter() - start
+    res = rollout(
+        agent.act,
+        meta.make_env,
+        config.episodes,
+        seed=1000 * seed,
+        record=False,
+        max_steps=config.max_eval_steps or meta.max_episode_steps,
+    )
+    rows = []
+    for r in dsrl_scores(res, meta, group):
+        rows.append({"task": task, "method": method, "seed": seed, "train_s": train_s, **r})
+    return rows
+
+
+def bench_cells(tasks: Sequence[Task], config: BenchConfig) -> tuple[list[Cell], dict[str, Any]]:
+    """The grid's cells (task × method × seed, × κ for threshold-conditioned methods) and the
+    data they share (one dataset per task)."""
+    cells, shared = [], {}
+    for name, data, meta in tasks:
+        validate_data(data, strict_dtype=False, extra_keys=True)
+        shared[name] = (data, meta)
+        kappas = config.thresholds or tuple(meta.cost_thresholds)
+        for method in config.methods:
+            conditioned = get_method(method).threshold_conditioned
+            groups = [(k,) for k in kappas] if conditioned else [tuple(kappas)]
+            for seed in config.seeds:
+                for group in groups:
+                    key = f"{name}__{method}__seed{seed}" + (
+                        f"__k{group[0]:g}" if conditioned else ""
+                    )
+                    kwargs = {"task": name, "method": method, "seed": seed, "group": group,
+                              "config": config}  # fmt: skip
+                    resources = {"cpus": config.cpus_per_cell, "gpus": config.gpus_per_cell}
+                    cells.append(Cell(key, bench_cell, kwargs, shared=name, **resources))
+    return cells, shared
 
 
 def run_bench(
     tasks: Sequence[Task],
     config: BenchConfig,
-    env_fn: Callable[[Any], Callable] | None = None,
+    out: str | Path,
+    workers: int = 1,
+    address: str | None = None,
     log: Callable[[str], None] = print,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run the grid; returns one row per (task, method, threshold, seed).
-
-    ``env_fn(metadata)`` returns a zero-argument env factory (default: the dataset's own task,
-    ``metadata.make_env``). ``on_row`` is called with each row as soon as it
-    exists (e.g. to append it to a file, so that a long grid's partial results survive).
-    """
-    rows: list[dict[str, Any]] = []
-    for name, data, meta in tasks:
-        validate_data(data, strict_dtype=False, extra_keys=True)
-        kappas = config.thresholds or tuple(meta.cost_thresholds)
-        factory = env_fn(meta) if env_fn else meta.make_env
-        for method in config.methods:
-            conditioned = get_method(method).threshold_conditioned
-            for seed in config.seeds:
-                groups = [(k,) for k in kappas] if conditioned else [tuple(kappas)]
-                for group in groups:
-                    start = time.perf_counter()
-                    act = _train(method, data, meta, config, seed, group[0])
-                    train_s = time.perf_counter() - start
-                    res = rollout(
-                        act,
-                        factory,
-                        config.episodes,
-                        seed=1000 * seed,
-                        record=False,
-                        max_steps=config.max_eval_steps or meta.max_episode_steps,
-                    )
-                    for r in dsrl_scores(res, meta, group):
-                        rows.append(
-                            {"task": name, "method": method, "seed": seed, "train_s": train_s, **r}
-                        )
-                        log(
-                            f"{name} {method} seed={seed} κ={r['threshold']:g}: reward "
-                            f"{r['reward']:.3f} cost {r['cost']:.3f} ({train_s:.0f}s train)"
-                        )
-                        if on_row is not None:
-                            on_row(rows[-1])
-    return rows
+) -> GridResult:
+    """Run the grid (:func:`saferl.grid.run_grid`): one row per (task, method, threshold, seed);
+    each finished cell's rows land in ``<out>/cells/`` at once, and a re-run with the same
+    ``out`` runs only the cells not done yet. ``workers`` > 1 or an ``address`` runs the cells as
+    Ray tasks (this machine, or a cluster)."""
+    cells, shared = bench_cells(tasks, config)
+    return run_grid(cells, out, workers=workers, address=address, shared=shared, log=log)
 
 
 def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
