@@ -3,11 +3,12 @@
 Runs BC-All, BC-Safe, BCQ-Lag and FISOR on every dataset under data/ (or --datasets) at the
 budget below, and prints the table (normalised reward / normalised cost averaged over the
 thresholds and seeds; bold = safe, cost ≤ 1) beside FISOR's published table for context.
-Writes experiments/results/bench_offline_{table.md,scatter.png,rows.json}.
+Writes experiments/results/bench_offline_{table.md,scatter.png,rows.json}. The grid's cells run
+through saferl.grid: finished cells are kept in <out>/<prefix>_grid/cells, so a killed run
+resumes where it stopped, and --workers N (or --address of a Ray cluster) runs cells side by side.
 
     python experiments/bench_offline.py                          # all datasets, CPU budget
-    python experiments/bench_offline.py --datasets a.hdf5 --rows-only --prefix part1
-    python experiments/bench_offline.py --merge part1_rows.json part2_rows.json
+    python experiments/bench_offline.py --workers 2              # two cells at a time (Ray)
     python experiments/bench_offline.py --quick --out /tmp/x     # seconds; what the test runs
 """
 
@@ -15,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from saferl.common.io import write_text
 from saferl.offline import (
     BCConfig,
     BCQLagConfig,
@@ -46,8 +44,8 @@ CPU_BUDGET = {
     "episodes": 20,
     "seeds": (0, 1),
 }
-"""The budget of the committed table (2-core CPU shared by six jobs, load ≈ 10–17, one torch
-thread per process); the reference is FISOR 1e6 steps, BC / BCQ-Lag 1e5 steps."""
+"""The budget of the committed table (machine and wall time in docs/offline.md); the reference
+is FISOR 1e6 steps, BC / BCQ-Lag 1e5 steps."""
 
 
 PUBLISHED = """FISOR's published results (ICLR 2024, DSRL datasets; normalised reward / cost,
@@ -100,14 +98,6 @@ def quick_tasks(tmp: Path) -> list[str]:
     return [str(path)]
 
 
-def read_rows(path: Path) -> dict:
-    """Rows and budget from a ``*_rows.json`` file or a streamed ``*_rows.jsonl`` file."""
-    if path.suffix == ".jsonl":
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return {"budget": lines[0].get("budget", ""), "rows": lines[1:]}
-    return json.loads(path.read_text())
-
-
 def budget_text(budget: dict, tasks, methods=("bc_all", "bc_safe", "bcq_lag", "fisor")) -> str:
     sizes = ", ".join(
         f"{name}: {len(d['rewards'])} transitions / {m.num_trajectories} trajectories, "
@@ -131,66 +121,48 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--prefix", default="bench_offline")
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="cells side by side (Ray); 1: no Ray")
+    p.add_argument("--address", default=None, help="an existing Ray cluster ('auto', ray://…)")
     p.add_argument("--max-eval-steps", type=int, default=None)
-    p.add_argument("--rows-only", action="store_true", help="write rows JSON only (for --merge)")
-    p.add_argument("--merge", nargs="+", default=None, help="rows JSON files to merge")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--methods", nargs="+", default=None, help="subset of the methods")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=INT",
                    help="override integer budget entries, e.g. bcq_steps=300")  # fmt: skip
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    if args.merge:
-        parts = [read_rows(Path(f)) for f in args.merge]
-        rows = [r for part in parts for r in part["rows"]]
-        header = "\n".join(dict.fromkeys(part.get("budget", "") for part in parts))
+    budget = dict(CPU_BUDGET)
+    for item in args.set:
+        key, value = item.split("=")
+        if key not in budget:
+            raise SystemExit(f"unknown budget key {key!r}; expected one of {sorted(budget)}")
+        budget[key] = int(value)
+    if args.seeds:
+        budget["seeds"] = tuple(args.seeds)
+    if args.quick:
+        budget.update(fisor_steps=5, fisor_actor_batch=32, fisor_critic_batch=32,
+                      bc_steps=5, bcq_steps=3, bcq_batch=32, episodes=2, seeds=(0,),
+                      fisor_nets={"actor_width": 16, "critic_hidden": (16, 16)})  # fmt: skip
+        args.max_eval_steps = args.max_eval_steps or 8
+        paths = quick_tasks(out)
     else:
-        budget = dict(CPU_BUDGET)
-        for item in args.set:
-            key, value = item.split("=")
-            if key not in budget:
-                raise SystemExit(f"unknown budget key {key!r}; expected one of {sorted(budget)}")
-            budget[key] = int(value)
-        if args.seeds:
-            budget["seeds"] = tuple(args.seeds)
-        if args.quick:
-            budget.update(fisor_steps=5, fisor_actor_batch=32, fisor_critic_batch=32,
-                          bc_steps=5, bcq_steps=3, bcq_batch=32, episodes=2, seeds=(0,),
-                          fisor_nets={"actor_width": 16, "critic_hidden": (16, 16)})  # fmt: skip
-            args.max_eval_steps = args.max_eval_steps or 8
-            paths = quick_tasks(out)
-        else:
-            paths = args.datasets or sorted(glob.glob("data/*.hdf5"))
-        if not paths:
-            raise SystemExit("no datasets: pass --datasets or create data/*.hdf5 (saferl collect)")
-        tasks = load_tasks(paths)
-        start = time.perf_counter()
-        config = bench_config(budget, args.device, args.max_eval_steps)
-        if args.methods:
-            config = replace(config, methods=tuple(args.methods))
-        header = budget_text(budget, tasks, config.methods)
-        stream = out / f"{args.prefix}_rows.jsonl"
-        stream.write_text(json.dumps({"budget": header}) + "\n")
-
-        def append(row: dict) -> None:
-            with stream.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-
-        rows = run_bench(tasks, config, on_row=append)
-        header += f" Wall time {time.perf_counter() - start:.0f} s."
-        if args.rows_only:
-            text = json.dumps({"rows": rows, "budget": header}, indent=1)
-            (out / f"{args.prefix}_rows.json").write_text(text)
-            print(header)
-            return header
-    _, table = write_results(rows, out, args.prefix)
+        paths = args.datasets or sorted(glob.glob("data/*.hdf5"))
+    if not paths:
+        raise SystemExit("no datasets: pass --datasets or create data/*.hdf5 (saferl collect)")
+    tasks = load_tasks(paths)
+    config = bench_config(budget, args.device, args.max_eval_steps)
+    if args.methods:
+        config = replace(config, methods=tuple(args.methods))
+    header = budget_text(budget, tasks, config.methods)
+    grid = run_bench(tasks, config, out / f"{args.prefix}_grid", args.workers, args.address)
+    if grid.failed:
+        raise SystemExit(f"{len(grid.failed)} cells failed: {grid.failed}; re-run to retry them")
+    header += (f" Wall time {grid.seconds:.0f} s for the {len(grid.ran)} cells run now"
+               f" ({len(grid.skipped)} were already done); {args.workers} worker(s).")  # fmt: skip
+    _, table = write_results(grid.rows, out, args.prefix)
     report = f"{header}\n\n{table}\n\n{PUBLISHED}"
-    (out / f"{args.prefix}_table.md").write_text(report + "\n")
+    write_text(out / f"{args.prefix}_table.md", report + "\n")
     print(report)
     return report
 

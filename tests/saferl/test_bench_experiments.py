@@ -12,11 +12,18 @@ def test_fisor_throughput_quick(experiment, tmp_path):
     assert (tmp_path / "fisor_throughput_cpu_quick.png").exists()
 
 
-def test_bench_offline_quick_and_merge(experiment, tmp_path):
+def test_bench_offline_quick_and_resume(experiment, tmp_path):
     bench = experiment("bench_offline")
-    bench.main(["--quick", "--out", str(tmp_path), "--rows-only", "--prefix", "p1"])
-    report = bench.main(["--merge", str(tmp_path / "p1_rows.json"), "--out", str(tmp_path),
-                         "--prefix", "m"])  # fmt: skip
+    report = bench.main(["--quick", "--out", str(tmp_path), "--prefix", "q"])
     assert "| quick-hopper |" in report and "FISOR's published results" in report
     assert "Budget: FISOR 5 steps" in report and "Methods bc_all, bc_safe" in report
-    assert (tmp_path / "m_scatter.png").exists()
+    assert "(0 were already done)" in report
+    assert (tmp_path / "q_scatter.png").exists()
+    again = bench.main(["--quick", "--out", str(tmp_path), "--prefix", "q"])  # resumes: no work
+    assert "for the 0 cells run now" in again
+    assert again.split("\n\n", 1)[1] == report.split("\n\n", 1)[1]  # the same table
+
+
+def test_bench_grid_quick(experiment):
+    result = experiment("bench_grid").main(["--quick"])
+    assert result["same_rows"] and result["speedup_median"] > 0 and result["ray_init_seconds"] > 0
