@@ -1,28 +1,42 @@
-"""``saferl collect TASK``: make a DSRL-format dataset with Lagrangian behaviour policies."""
+"""``saferl collect TASK [TASK ...]``: DSRL-format datasets from Lagrangian behaviour policies.
+
+Each task is one cell of a :mod:`saferl.grid` grid (in this process, or as Ray tasks with
+``--workers``/``--address``); the grid folder ``collect_grid`` lies beside the datasets, so a
+killed collection resumes and a finished one does no work on a re-run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from saferl.commands import _checks as c
 from saferl.commands._checks import UsageError
-from saferl.common.io import write_json
+
+GRID = "collect_grid"
+"""The grid folder (row files of the finished tasks), beside the datasets."""
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "collect",
-        help="train Lagrangian behaviour policies on TASK and write a DSRL-format dataset",
-        description="Train an SB3 PPO/SAC learner with a PID-Lagrangian cost penalty and an "
-        "annealed episode cost limit, roll out checkpoints along training, keep trajectories "
-        "spread over the (cost, reward) plane, and write an HDF5 dataset, a JSON summary and "
-        "a spread plot.",
+        help="train Lagrangian behaviour policies on each TASK and write DSRL-format datasets",
+        description="Per task: train an SB3 PPO/SAC learner with a PID-Lagrangian cost penalty "
+        "and an annealed episode cost limit, roll out checkpoints along training, keep "
+        "trajectories spread over the (cost, reward) plane, and write an HDF5 dataset, a JSON "
+        "summary and a spread plot. Each task is one cell of a grid (side by side as Ray tasks "
+        f"with --workers or --address); finished tasks are recorded in {GRID}/ beside the "
+        "datasets and a re-run skips them (unless their settings changed).",
     )
-    p.add_argument("task", help="env id, e.g. SaferlPlanar-HopperVelocity-v0, Saferl3D-Hopper3-v0")
+    p.add_argument("tasks", nargs="+", metavar="TASK",
+                   help="env ids, e.g. SaferlPlanar-HopperVelocity-v0 "
+                        "Saferl3D-Hopper3-v0")  # fmt: skip
     p.add_argument("--out", default=None,
-                   help="dataset path, .hdf5 or .h5; the summary (.json) and the plot (.png) "
-                        "go beside it (default: data/<TASK>.hdf5)")  # fmt: skip
+                   help="one TASK: the dataset path, .hdf5 or .h5, with the summary (.json) and "
+                        "the plot (.png) beside it (default: data/<TASK>.hdf5); several: a "
+                        "folder that gets <TASK>.hdf5, .json and .png per task (default: "
+                        "data)")  # fmt: skip
     p.add_argument("--algo", choices=("ppo", "sac"), default="ppo", help="behaviour learner")
     p.add_argument("--steps", type=c.positive_int, default=50_000, help="training env steps")
     p.add_argument("--max-episode-steps", type=c.positive_int, default=1000,
@@ -55,7 +69,19 @@ def register(subparsers) -> None:
     p.add_argument("--max-per-cell", type=c.positive_int, default=8,
                    help="most trajectories kept per grid cell")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the learner and every env")
-    p.add_argument("--threads", type=c.positive_int, default=1, help="torch threads")
+    p.add_argument("--threads", type=c.positive_int, default=1,
+                   help="torch threads per task (and the default of --cpus-per-cell)")  # fmt: skip
+    p.add_argument("--workers", type=c.positive_int, default=1,
+                   help="tasks collected side by side as Ray tasks on this machine (1: "
+                        "in-process, no Ray)")  # fmt: skip
+    p.add_argument("--address", default=None,
+                   help="run the tasks on an existing Ray cluster: 'auto' or ray://HOST:PORT "
+                        "(the dataset paths must be on storage the cluster shares)")  # fmt: skip
+    p.add_argument("--cpus-per-cell", type=c.positive_float, default=None,
+                   help="CPUs (and torch threads) a task reserves under Ray (default: "
+                        "--threads)")  # fmt: skip
+    p.add_argument("--gpus-per-cell", type=c.non_negative_float, default=0.0,
+                   help="GPUs a task reserves under Ray (a fraction shares one GPU)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -64,8 +90,8 @@ DATASET_SUFFIXES = (".hdf5", ".h5")
 
 
 def output_paths(task: str, out: str | None) -> tuple[Path, Path, Path]:
-    """(dataset, summary, plot) paths, checked: the dataset ends in .hdf5/.h5, the three are
-    different files and each can be written."""
+    """(dataset, summary, plot) paths of one task, checked: the dataset ends in .hdf5/.h5, the
+    three are different files and each can be written."""
     dataset = Path(out) if out else Path("data") / f"{task}.hdf5"
     if dataset.suffix.lower() not in DATASET_SUFFIXES:
         raise UsageError(f"--out {str(dataset)!r} must end in .hdf5 or .h5 (the dataset; its "
@@ -75,6 +101,29 @@ def output_paths(task: str, out: str | None) -> tuple[Path, Path, Path]:
     for what, path in zip(("dataset", "summary", "plot"), paths, strict=True):
         c.check_output_file(path, what)
     return paths
+
+
+def all_output_paths(tasks: list[str], out: str | None) -> tuple[list[Path], Path]:
+    """The dataset path of each task and the grid folder, checked before any work. One task:
+    ``--out`` is its dataset path (default ``data/<TASK>.hdf5``); several: ``--out`` is a folder
+    (default ``data``) and task T's dataset is ``<out>/T.hdf5``. The grid folder lies beside the
+    datasets."""
+    twice = sorted({t for t in tasks if tasks.count(t) > 1})
+    if twice:
+        raise UsageError(f"each TASK may be given once; given more than once: {', '.join(twice)}")
+    if len(tasks) == 1:
+        datasets = [output_paths(tasks[0], out)[0]]
+        grid = datasets[0].parent / GRID
+    else:
+        folder = Path(out) if out else Path("data")
+        if folder.suffix.lower() in DATASET_SUFFIXES:
+            raise UsageError(f"with several tasks --out is a folder (task T's dataset is "
+                             f"<out>/T.hdf5), got {str(folder)!r}")  # fmt: skip
+        c.check_output_dir(folder, "--out folder")
+        datasets = [output_paths(t, str(folder / f"{t}.hdf5"))[0] for t in tasks]
+        grid = folder / GRID
+    c.check_output_dir(grid, "grid folder")
+    return datasets, grid
 
 
 def check_task(task: str, max_limbs: int | None) -> None:
@@ -98,62 +147,63 @@ def check_task(task: str, max_limbs: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferl.common import torch_threads
-    from saferl.data import save_dataset
-    from saferl.data.collection import CollectConfig, collect
-    from saferl.data.plot import plot_spread
+    from saferl.data.collection import CollectConfig, output_files, run_collect
 
     # --- checks: nothing below trains until every input and output is known to be good
-    out, summary_path, plot_path = output_paths(args.task, args.out)
-    check_task(args.task, args.max_limbs)
+    datasets, grid_dir = all_output_paths(args.tasks, args.out)
+    for task in args.tasks:
+        check_task(task, args.max_limbs)
     env_kwargs = {"max_limbs": args.max_limbs} if args.max_limbs is not None else None
     thresholds = tuple(args.thresholds) if args.thresholds else None
+    settings = {
+        "env_kwargs": env_kwargs, "algo": args.algo, "total_timesteps": args.steps,
+        "num_checkpoints": args.checkpoints, "episodes_per_mode": args.episodes,
+        "rollout_noise": tuple(args.noise), "stochastic_rollouts": not args.no_stochastic,
+        "cost_limit_start": args.cost_limit_start, "cost_limit_end": args.cost_limit_end,
+        "cost_thresholds": thresholds, "grid_bins": args.grid_bins,
+        "max_per_cell": args.max_per_cell, "seed": args.seed, "verbose": 0 if args.quiet else 1,
+    }  # fmt: skip
     with c.user_errors():
-        config = CollectConfig.for_task(
-            args.task,
-            args.max_episode_steps,
-            env_kwargs=env_kwargs,
-            algo=args.algo,
-            total_timesteps=args.steps,
-            num_checkpoints=args.checkpoints,
-            episodes_per_mode=args.episodes,
-            rollout_noise=tuple(args.noise),
-            stochastic_rollouts=not args.no_stochastic,
-            cost_limit_start=args.cost_limit_start,
-            cost_limit_end=args.cost_limit_end,
-            cost_thresholds=thresholds,
-            grid_bins=args.grid_bins,
-            max_per_cell=args.max_per_cell,
-            seed=args.seed,
-            verbose=0 if args.quiet else 1,
-        )
+        steps = args.max_episode_steps
+        configs = [CollectConfig.for_task(task, steps, **settings) for task in args.tasks]
+    if args.workers > 1 or args.address:
+        c.check_ray()
 
     # --- the work
-    with torch_threads(args.threads):
-        result = collect(config)
-    save_dataset(out, result.data, result.metadata)
-    write_summary(summary_path, result)
-    title = f"{args.task}: {result.metadata.num_trajectories} trajectories kept"
-    plot_spread(result.all_returns, result.kept, result.checkpoint,
-                result.metadata.cost_thresholds, plot_path, title=title)  # fmt: skip
-    meta = result.metadata
-    print(f"wrote {out}, {summary_path.name} and {plot_path.name} "
-          f"({len(result.data['rewards'])} transitions, {meta.num_trajectories} "
-          f"trajectories, R_min {meta.reward_min:.1f}, R_max {meta.reward_max:.1f}, "
-          f"max cost {meta.max_cost:.0f}) in {result.seconds:.0f} s")  # fmt: skip
+    # each task runs with as many torch threads as its cell has CPUs (default: --threads)
+    cpus = args.cpus_per_cell if args.cpus_per_cell is not None else float(args.threads)
+    log = (lambda _: None) if args.quiet else print
+    grid = run_collect(list(zip(configs, datasets, strict=True)), grid_dir, args.workers,
+                       args.address, cpus, args.gpus_per_cell, log=log)  # fmt: skip
+    rows = {row["task"]: row for row in grid.rows}
+    for task in args.tasks:
+        if task not in rows:
+            continue
+        r = rows[task]
+        _, summary, plot = output_files(r["path"])
+        what = (f"{r['transitions']} transitions, {r['trajectories']} trajectories, "
+                f"R_min {r['reward_min']:.1f}, R_max {r['reward_max']:.1f}, "
+                f"max cost {r['max_cost']:.0f}")  # fmt: skip
+        if task in grid.ran:
+            print(f"wrote {r['path']}, {summary.name} and {plot.name} ({what}) in "
+                  f"{r['seconds']:.0f} s")  # fmt: skip
+        else:
+            print(f"already collected: {r['path']} ({what})")
+    print(f"{len(grid.ran)} cells ran, {len(grid.skipped)} were already done, "
+          f"{len(grid.failed)} failed ({grid.seconds:.0f} s)")  # fmt: skip
+    if grid.failed:
+        for key, error in grid.failed.items():
+            print(f"failed task {key}: {error}", file=sys.stderr)
+        print(f"saferl collect: {len(grid.failed)} of {len(args.tasks)} tasks failed; re-run "
+              "the same command to retry them (finished tasks are kept)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
 def write_summary(path: Path, result) -> None:
-    """Per-trajectory returns, filter decisions, the training log and the metadata, as JSON."""
-    from dataclasses import asdict
+    """Per-trajectory returns, filter decisions, the training log and the metadata, as JSON
+    (:func:`saferl.data.collection.write_summary`)."""
+    from saferl.data.collection import write_summary as write
 
-    summary = {
-        "metadata": asdict(result.metadata),
-        "returns_cost_reward": result.all_returns.round(4).tolist(),
-        "kept": result.kept.astype(int).tolist(),
-        "checkpoint": result.checkpoint.astype(int).tolist(),
-        "training_log": result.training_log,
-        "seconds": result.seconds,
-    }
-    write_json(path, summary, indent=1)
+    write(path, result)

@@ -6,7 +6,8 @@
 * :mod:`saferl.data.rollout` — :func:`rollout`: episodes side by side, DSRL arrays and episode
   sums out; every evaluation, collection, label and demo reduces over it;
 * :mod:`saferl.data.collection` — datasets from Lagrangian behaviour policies (loads
-  Stable-Baselines3 on first use); :mod:`saferl.data.plot` — the spread plot.
+  Stable-Baselines3 on first use), several tasks as a resumable grid (:func:`run_collect`, one
+  :func:`collect_cell` per task); :mod:`saferl.data.plot` — the spread plot.
 """
 
 from importlib import import_module
@@ -34,8 +35,10 @@ _LAZY = {
     "CollectConfig": "saferl.data.collection",
     "CollectResult": "saferl.data.collection",
     "collect": "saferl.data.collection",
+    "collect_cell": "saferl.data.collection",
     "grid_filter": "saferl.data.collection",
     "plot_spread": "saferl.data.plot",
+    "run_collect": "saferl.data.collection",
 }
 
 
@@ -48,8 +51,8 @@ def __getattr__(name: str):
 __all__ = [
     "DEFAULT_COST_THRESHOLDS", "REQUIRED_KEYS", "CollectConfig", "CollectResult",
     "DatasetMetadata", "PIDLagrangian", "PIDLagrangianConfig", "Rollouts", "annealed_limit",
-    "collect", "concatenate", "grid_filter", "infer_metadata", "load_dataset", "make_env",
-    "plot_spread", "rollout", "rollout_transitions", "safe_trajectories", "save_dataset",
-    "select_trajectories", "split_trajectories", "trajectory_returns", "unsafe_within",
-    "validate_data", "validate_metadata",
+    "collect", "collect_cell", "concatenate", "grid_filter", "infer_metadata", "load_dataset",
+    "make_env", "plot_spread", "rollout", "rollout_transitions", "run_collect",
+    "safe_trajectories", "save_dataset", "select_trajectories", "split_trajectories",
+    "trajectory_returns", "unsafe_within", "validate_data", "validate_metadata",
 ]  # fmt: skip

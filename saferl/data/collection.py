@@ -8,13 +8,20 @@ stochastic, with action noise); then keep trajectories so that they spread evenl
 
 The learner is Stable-Baselines3 PPO (or SAC) on the shaped reward r − λ·c, λ from a PID
 Lagrangian (:mod:`saferl.common.lagrangian`) on the measured episode cost versus the annealed limit.
+
+Several tasks are a grid (:mod:`saferl.grid`): :func:`collect_cell` collects one task and writes
+its dataset, summary and plot; :func:`run_collect` runs one such cell per task, in this process
+or as Ray tasks, and a re-run skips the tasks already collected with the same settings.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -24,10 +31,12 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from saferl.common.io import write_json
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 from saferl.common.runtime import seeded
-from saferl.data.dsrl import REQUIRED_KEYS, DatasetMetadata, validate_data
+from saferl.data.dsrl import REQUIRED_KEYS, DatasetMetadata, save_dataset, validate_data
 from saferl.data.rollout import rollout
+from saferl.grid import Cell, GridResult, cell_file, run_grid
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 
@@ -410,3 +419,118 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float | int | str | bool) or value is None:
         return value
     return repr(value)
+
+
+# --------------------------------------------------------------------------- grid of tasks
+
+
+def output_files(dataset: str | Path) -> tuple[Path, Path, Path]:
+    """(dataset, summary, plot) paths of a collection: the summary (.json) and the spread plot
+    (.png) lie beside the dataset."""
+    dataset = Path(dataset)
+    return dataset, dataset.with_suffix(".json"), dataset.with_suffix(".png")
+
+
+def write_summary(path: str | Path, result: CollectResult) -> None:
+    """Per-trajectory returns, filter decisions, the training log and the metadata, as JSON."""
+    summary = {
+        "metadata": asdict(result.metadata),
+        "returns_cost_reward": result.all_returns.round(4).tolist(),
+        "kept": result.kept.astype(int).tolist(),
+        "checkpoint": result.checkpoint.astype(int).tolist(),
+        "training_log": result.training_log,
+        "seconds": result.seconds,
+    }
+    write_json(path, summary, indent=1)
+
+
+def settings_key(config: CollectConfig) -> str:
+    """A short fingerprint of everything in ``config`` that shapes the dataset (all but
+    ``verbose``): a finished task whose fingerprint differs is collected again."""
+    values = _jsonable({k: v for k, v in asdict(config).items() if k != "verbose"})
+    text = json.dumps(values, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def collect_cell(*, config: CollectConfig, out: str) -> list[dict[str, Any]]:
+    """One cell of a collection grid: :func:`collect` the task of ``config``, save the dataset
+    at ``out`` (atomically, :func:`saferl.data.save_dataset`), its summary (.json) and spread
+    plot (.png) beside it; one row describing the dataset (task, path, transitions,
+    trajectories, seconds, the reward range and largest cost, and the settings fingerprint)."""
+    from saferl.data.plot import plot_spread
+
+    dataset, summary, plot = output_files(out)
+    result = collect(config)
+    meta = result.metadata
+    save_dataset(dataset, result.data, meta)
+    write_summary(summary, result)
+    title = f"{config.env_id}: {meta.num_trajectories} trajectories kept"
+    plot_spread(result.all_returns, result.kept, result.checkpoint, meta.cost_thresholds, plot,
+                title=title)  # fmt: skip
+    return [{"task": config.env_id, "path": str(dataset),
+             "transitions": int(len(result.data["rewards"])),
+             "trajectories": int(meta.num_trajectories), "seconds": float(result.seconds),
+             "reward_min": float(meta.reward_min), "reward_max": float(meta.reward_max),
+             "max_cost": float(meta.max_cost), "settings": settings_key(config)}]  # fmt: skip
+
+
+def collect_cells(
+    jobs: Sequence[tuple[CollectConfig, str | Path]],
+    cpus_per_cell: float = 1.0,
+    gpus_per_cell: float = 0.0,
+) -> list[Cell]:
+    """One cell per (config, dataset path), keyed by the task's env id; the paths are made
+    absolute (a Ray worker may run elsewhere than this folder)."""
+    tasks = [config.env_id for config, _ in jobs]
+    twice = sorted({t for t in tasks if tasks.count(t) > 1})
+    if twice:
+        raise ValueError(f"each task can be collected once per grid; given more than once: {twice}")
+    cells = []
+    for config, path in jobs:
+        kwargs = {"config": config, "out": str(Path(path).absolute())}
+        cells.append(Cell(config.env_id, collect_cell, kwargs, cpus=cpus_per_cell,
+                          gpus=gpus_per_cell))  # fmt: skip
+    return cells
+
+
+def run_collect(
+    jobs: Sequence[tuple[CollectConfig, str | Path]],
+    out: str | Path,
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_cell: float = 1.0,
+    gpus_per_cell: float = 0.0,
+    log: Callable[[str], None] = print,
+) -> GridResult:
+    """Collect each (config, dataset path) as a cell of a :func:`saferl.grid.run_grid` grid under
+    ``out``: one row per dataset. A re-run with the same ``out`` skips the tasks already
+    collected — unless the settings or the dataset path changed since, or one of the dataset's
+    three files is gone: those are collected again (their datasets overwritten)."""
+    cells = collect_cells(jobs, cpus_per_cell, gpus_per_cell)
+    for cell in cells:
+        reason = _stale(out, cell)
+        if reason:
+            log(f"[collect] {cell.key}: {reason}; collecting it again")
+            cell_file(out, cell.key).unlink()
+    return run_grid(cells, out, workers=workers, address=address, log=log)
+
+
+def _stale(out: str | Path, cell: Cell) -> str | None:
+    """Why the finished cell's row no longer describes its dataset (None: it does, or the cell
+    has not run)."""
+    path = cell_file(out, cell.key)
+    if not path.exists():
+        return None
+    try:
+        row = json.loads(path.read_text())["rows"][0]
+        done_path, done_settings = row["path"], row["settings"]
+    except (ValueError, LookupError, TypeError):
+        return f"its row file {str(path)!r} is unreadable"
+    if done_path != cell.kwargs["out"]:
+        return f"it was collected into {done_path!r}, not {cell.kwargs['out']!r}"
+    if done_settings != settings_key(cell.kwargs["config"]):
+        return "it was collected with other settings"
+    missing = [str(p) for p in output_files(done_path) if not p.exists()]
+    if missing:
+        return f"{missing[0]!r} is gone"
+    return None
