@@ -1,4 +1,5 @@
-"""Online RL on the 3D locomotion suites: multi-morphology TD3 with SET / baseline policies."""
+"""Online RL on the 3D locomotion suites: multi-morphology TD3 with SET / baseline policies,
+several seeds as a resumable grid (:func:`run_seeds`, one :func:`train_cell` per seed)."""
 
 from saferl.online.td3 import (
     EpisodeRecorder,
@@ -10,10 +11,13 @@ from saferl.online.td3 import (
     evaluate,
     load_actor,
     make_vec_env,
+    run_seeds,
     save_run,
+    seed_summary,
     suite_agents,
     suite_max_limbs,
     train,
+    train_cell,
 )
 
 __all__ = [
@@ -26,8 +30,11 @@ __all__ = [
     "evaluate",
     "load_actor",
     "make_vec_env",
+    "run_seeds",
     "save_run",
+    "seed_summary",
     "suite_agents",
     "suite_max_limbs",
     "train",
+    "train_cell",
 ]

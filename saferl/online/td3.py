@@ -6,12 +6,19 @@ held-out agents included), the replay buffer mixes their transitions, and the po
 the graph view inside its forward pass (3D-SGRL's multi-task setting). Stable-Baselines3's TD3
 does the update math; :class:`saferl.policies.LimbTD3Policy` supplies the networks.
 Zero-shot evaluation runs the trained policy on the suite's held-out agents.
+
+Several seeds are a grid (:mod:`saferl.grid`): :func:`train_cell` trains and evaluates one seed;
+:func:`run_seeds` runs one such cell per seed, in this process or as Ray tasks, and
+:func:`seed_summary` averages the evaluations over the seeds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from saferl.common.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_chec
 from saferl.common.io import atomic_write, write_json
 from saferl.common.runtime import resolve_device, seeded, torch_threads, versions
 from saferl.data.rollout import rollout
+from saferl.grid import Cell, GridResult, cell_file, run_grid
 from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, make_config
 
 
@@ -320,6 +328,130 @@ def load_actor(folder: str, device: str | None = None) -> torch.nn.Module:
     actor = build_actor(cfg["policy"], obs_space, act_space, cfg["net_config"], device="cpu")
     actor.load_state_dict(state)
     return actor.to(resolve_device(device)).eval()
+
+
+# --------------------------------------------------------------------------- grid of seeds
+
+RUN_FILES = (WEIGHTS, CONFIG, "metrics.json")
+"""What :func:`save_run` writes (and ``model.zip`` with ``sb3_zip``)."""
+
+
+def settings_key(config: TD3Config) -> str:
+    """A short fingerprint of ``config`` (seed included): a finished seed whose fingerprint
+    differs is trained again."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_cell(
+    *, config: TD3Config, device: str | None = None, out: str | None = None, sb3_zip: bool = False
+) -> list[dict[str, Any]]:
+    """One cell of a seed grid: :func:`train` with ``config`` (its seed), and with ``out``
+    :func:`save_run` into that folder; one row per evaluated agent (seed, agent, split,
+    return_mean, return_sd, cost_mean, seconds of training and evaluation, settings
+    fingerprint)."""
+    start = time.perf_counter()
+    result = train(config, device=device)
+    seconds = time.perf_counter() - start
+    if out is not None:
+        save_run(result, out, sb3_zip=sb3_zip)
+    key = settings_key(config)
+    return [{"seed": config.seed, "agent": agent, "split": stats["split"],
+             "return_mean": stats["return_mean"], "return_sd": stats["return_sd"],
+             "cost_mean": stats["cost_mean"], "seconds": seconds, "settings": key}
+            for agent, stats in result.evaluation.items()]  # fmt: skip
+
+
+def seed_cells(
+    config: TD3Config,
+    seeds: Sequence[int],
+    device: str | None = None,
+    out: str | Path | None = None,
+    sb3_zip: bool = False,
+    cpus_per_cell: float = 1.0,
+    gpus_per_cell: float = 0.0,
+) -> list[Cell]:
+    """One cell per seed (key ``seed<N>``): ``config`` with that seed; with ``out`` the run is
+    saved into ``<out>/seed<N>/`` (an absolute path: a Ray worker may run elsewhere)."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"need at least one seed and each seed once, got {seeds}")
+    cells = []
+    for seed in seeds:
+        folder = str((Path(out) / f"seed{seed}").absolute()) if out is not None else None
+        kwargs = {"config": dataclasses.replace(config, seed=seed), "device": device,
+                  "out": folder, "sb3_zip": sb3_zip}  # fmt: skip
+        cells.append(Cell(f"seed{seed}", train_cell, kwargs, cpus=cpus_per_cell,
+                          gpus=gpus_per_cell))  # fmt: skip
+    return cells
+
+
+def run_seeds(
+    config: TD3Config,
+    seeds: Sequence[int],
+    grid_out: str | Path,
+    *,
+    device: str | None = None,
+    out: str | Path | None = None,
+    sb3_zip: bool = False,
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_cell: float = 1.0,
+    gpus_per_cell: float = 0.0,
+    log: Callable[[str], None] = print,
+) -> GridResult:
+    """Train ``config`` once per seed as cells of a :func:`saferl.grid.run_grid` grid under
+    ``grid_out``: one row per (seed, evaluated agent). A re-run with the same ``grid_out`` skips
+    the seeds already trained — unless the settings changed since or (with ``out``) a file of
+    the seed's saved run is gone: those are trained again."""
+    validate(config)
+    cells = seed_cells(config, seeds, device, out, sb3_zip, cpus_per_cell, gpus_per_cell)
+    for cell in cells:
+        reason = _stale(grid_out, cell)
+        if reason:
+            log(f"[train-online] {cell.key}: {reason}; training it again")
+            cell_file(grid_out, cell.key).unlink()
+    return run_grid(cells, grid_out, workers=workers, address=address, log=log)
+
+
+def _stale(grid_out: str | Path, cell: Cell) -> str | None:
+    """Why a finished seed's rows no longer describe its run (None: they do, or it has not
+    run)."""
+    path = cell_file(grid_out, cell.key)
+    if not path.exists():
+        return None
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        settings = {row["settings"] for row in rows}
+    except (ValueError, LookupError, TypeError):
+        return f"its row file {str(path)!r} is unreadable"
+    if settings != {settings_key(cell.kwargs["config"])}:
+        return "it was trained with other settings"
+    folder = cell.kwargs["out"]
+    if folder is not None:
+        names = RUN_FILES + (("model.zip",) if cell.kwargs["sb3_zip"] else ())
+        missing = [name for name in names if not (Path(folder) / name).exists()]
+        if missing:
+            return f"{str(Path(folder) / missing[0])!r} is missing"
+    return None
+
+
+def seed_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per agent (in the order of the rows): its split, the number of seeds, and the mean and
+    sd over seeds (population sd, as ``return_sd`` over episodes) of each seed's mean return and
+    mean cost."""
+    by_agent: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_agent.setdefault(row["agent"], []).append(row)
+    summary = []
+    for agent, group in by_agent.items():
+        returns = np.array([r["return_mean"] for r in group], np.float64)
+        costs = np.array([r["cost_mean"] for r in group], np.float64)
+        summary.append({"agent": agent, "split": group[0]["split"], "seeds": len(group),
+                        "return_mean": float(returns.mean()), "return_sd": float(returns.std()),
+                        "cost_mean": float(costs.mean()),
+                        "cost_sd": float(costs.std())})  # fmt: skip
+    return summary
 
 
 @torch.no_grad()
