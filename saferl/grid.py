@@ -4,13 +4,15 @@ this process or as Ray tasks, resumable, with no finished cell's rows ever lost.
 A :class:`Cell` is one unit of work: a top-level function returning a list of row dicts, its
 keyword arguments and the resources it needs. :func:`run_grid` runs the cells and writes each
 finished cell's rows to ``<out>/cells/<key>.json`` (atomically, as soon as the cell ends), so a
-killed grid resumes where it stopped: a re-run with the same ``out`` skips every cell that has a
-row file. ``workers=1`` runs the cells one after another in this process, without Ray; otherwise
-Ray runs them as tasks — on this machine (``ray.init(num_cpus=workers)``, the embedded default)
-or on an existing cluster (``address="auto"`` or ``"ray://HOST:PORT"``). Ray packs the cells by
-their declared CPUs and GPUs, retries a cell whose worker died (OOM, SIGKILL) up to ``retries``
-times, and a cell whose own code raises is reported with its error while the rest of the grid
-completes. Each cell runs with as many torch threads as it declares CPUs.
+killed grid resumes where it stopped: a re-run with the same ``out`` skips every finished cell —
+unless its arguments changed since (a fingerprint is kept with its rows) or one of the files it
+declares as outputs is gone. ``workers=1`` runs the cells one after another in this process,
+without Ray; otherwise Ray runs them as tasks — on this machine (``ray.init(num_cpus=workers)``,
+the embedded default) or on an existing cluster (``address="auto"`` or ``"ray://HOST:PORT"``).
+Ray packs the cells by their declared CPUs and GPUs, retries a cell whose worker died (OOM,
+SIGKILL) up to ``retries`` times, and a cell whose own code raises is reported with its error
+while the rest of the grid completes. Each cell runs with as many torch threads as it declares
+CPUs.
 
 Large inputs shared by many cells (a dataset) are passed once: ``shared={"name": value}`` and
 ``Cell(shared="name")`` give the value as the cell function's first argument (through Ray's
@@ -19,11 +21,12 @@ object store when Ray runs the grid).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,9 @@ class Cell:
 
     ``key`` names the cell's row file (letters, digits and ``._=+-``); ``fn`` must be a
     top-level (importable) function so Ray workers can run it; ``cpus``/``gpus`` are what Ray
-    reserves for it (a GPU fraction packs several cells on one GPU).
+    reserves for it (a GPU fraction packs several cells on one GPU); ``outputs`` are files the
+    cell writes — a finished cell one of whose outputs is gone is run again; ``volatile`` names
+    arguments that do not change its results (left out of its fingerprint).
     """
 
     key: str
@@ -49,6 +54,16 @@ class Cell:
     shared: str | None = None
     cpus: float = 1.0
     gpus: float = 0.0
+    outputs: tuple[str, ...] = ()
+    volatile: tuple[str, ...] = ()
+
+    def fingerprint(self) -> str:
+        """A short hash of the cell's function and arguments (but the ``volatile`` ones, such as
+        a verbosity flag): a finished cell whose fingerprint changed is run again."""
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in self.volatile}
+        text = json.dumps({"fn": f"{self.fn.__module__}.{self.fn.__qualname__}",
+                           "kwargs": kwargs}, sort_keys=True, default=_jsonable)  # fmt: skip
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not _KEY.match(self.key):
@@ -110,9 +125,13 @@ def run_grid(
     if missing:
         raise KeyError(f"cells name shared values {missing} that were not given")
     (Path(out) / "cells").mkdir(parents=True, exist_ok=True)
-    done = {
-        c.key: _read_rows(cell_file(out, c.key)) for c in cells if cell_file(out, c.key).exists()
-    }
+    done = {}
+    for cell in cells:
+        rows, stale = _finished(out, cell)
+        if stale:
+            log(f"[grid] {cell.key}: {stale}; running it again")
+        elif rows is not None:
+            done[cell.key] = rows
     todo = [c for c in cells if c.key not in done]
     start = time.perf_counter()
     progress = _Progress(len(cells), len(done), log)
@@ -126,17 +145,37 @@ def run_grid(
     return GridResult(rows, ran, skipped, failed, time.perf_counter() - start, startup)
 
 
-def _read_rows(path: Path) -> Rows:
+def _finished(out: str | Path, cell: Cell) -> tuple[Rows | None, str | None]:
+    """(the rows of a finished cell, None) — or (None, why it must run again), or (None, None)
+    when it has not run."""
+    path = cell_file(out, cell.key)
+    if not path.exists():
+        return None, None
     try:
-        return json.loads(path.read_text())["rows"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"row file {str(path)!r} is damaged ({exc}); delete it to re-run that "
-                         "cell") from exc  # fmt: skip
+        record = json.loads(path.read_text())
+        rows, fingerprint = record["rows"], record.get("fingerprint")
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None, f"its row file {str(path)!r} is unreadable"
+    if fingerprint != cell.fingerprint():
+        return None, "its settings changed since it ran"
+    missing = [name for name in cell.outputs if not Path(name).exists()]
+    if missing:
+        return None, f"its output {missing[0]!r} is gone"
+    return rows, None
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
 
 
 def _finish(out, cell: Cell, rows: Rows, seconds: float, done: dict, progress) -> None:
-    write_json(cell_file(out, cell.key), {"key": cell.key, "rows": rows, "seconds": seconds},
-               indent=1)  # fmt: skip
+    record = {"key": cell.key, "fingerprint": cell.fingerprint(), "rows": rows,
+              "seconds": seconds}  # fmt: skip
+    write_json(cell_file(out, cell.key), record, indent=1)
     done[cell.key] = rows
     progress.finished(cell.key, seconds)
 

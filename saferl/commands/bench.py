@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--bcq-batch", type=c.positive_int, default=512, help="BCQ-Lag batch size")
     p.add_argument("--device", default=None, help=c.DEVICE_HELP)
     p.add_argument("--threads", type=c.positive_int, default=1,
-                   help="torch threads on CPU (with --workers 1)")  # fmt: skip
+                   help="torch threads per cell (and the default of --cpus-per-cell)")  # fmt: skip
     p.add_argument("--workers", type=c.positive_int, default=1,
                    help="cells run side by side as Ray tasks on this machine (1: in-process, "
                         "no Ray)")  # fmt: skip
@@ -54,8 +54,8 @@ def register(subparsers) -> None:
         default=None,
         help="run the cells on an existing Ray cluster: 'auto' or ray://HOST:PORT",
     )
-    p.add_argument("--cpus-per-cell", type=c.positive_float, default=1.0,
-                   help="CPUs (and torch threads) a cell reserves under Ray")  # fmt: skip
+    p.add_argument("--cpus-per-cell", type=c.positive_float, default=None,
+                   help="CPUs (torch threads) a cell reserves (default: --threads)")  # fmt: skip
     p.add_argument("--gpus-per-cell", type=c.non_negative_float, default=0.0,
                    help="GPUs a cell reserves under Ray (a fraction shares one GPU)")  # fmt: skip
     p.add_argument("--out", default="bench_results",
@@ -86,7 +86,7 @@ def load_datasets(paths: list[str], bc_safe: bool, thresholds: list[float] | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferl.common import torch_threads, write_json
+    from saferl.common import write_json
     from saferl.offline import make_config
     from saferl.offline.bench import BenchConfig, run_bench, write_results
 
@@ -119,15 +119,14 @@ def run(args: argparse.Namespace) -> int:
             max_eval_steps=args.max_eval_steps,
             configs=configs,
             device=device,
-            cpus_per_cell=args.cpus_per_cell,
+            cpus_per_cell=args.cpus_per_cell or args.threads,
             gpus_per_cell=args.gpus_per_cell,
         )
     if args.workers > 1 or args.address:
         c.check_ray()
 
     # --- the work
-    with torch_threads(args.threads):
-        grid = run_bench(tasks, config, out / f"{args.prefix}_grid", args.workers, args.address)
+    grid = run_bench(tasks, config, out / f"{args.prefix}_grid", args.workers, args.address)
     if grid.rows:
         summary, table = write_results(grid.rows, out, args.prefix)
         print(table)

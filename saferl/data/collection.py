@@ -16,11 +16,9 @@ or as Ray tasks, and a re-run skips the tasks already collected with the same se
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, anneale
 from saferl.common.runtime import seeded
 from saferl.data.dsrl import REQUIRED_KEYS, DatasetMetadata, save_dataset, validate_data
 from saferl.data.rollout import rollout
-from saferl.grid import Cell, GridResult, cell_file, run_grid
+from saferl.grid import Cell, GridResult, run_grid
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 
@@ -444,23 +442,15 @@ def write_summary(path: str | Path, result: CollectResult) -> None:
     write_json(path, summary, indent=1)
 
 
-def settings_key(config: CollectConfig) -> str:
-    """A short fingerprint of everything in ``config`` that shapes the dataset (all but
-    ``verbose``): a finished task whose fingerprint differs is collected again."""
-    values = _jsonable({k: v for k, v in asdict(config).items() if k != "verbose"})
-    text = json.dumps(values, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def collect_cell(*, config: CollectConfig, out: str) -> list[dict[str, Any]]:
+def collect_cell(*, config: CollectConfig, out: str, verbose: bool = False) -> list[dict[str, Any]]:
     """One cell of a collection grid: :func:`collect` the task of ``config``, save the dataset
     at ``out`` (atomically, :func:`saferl.data.save_dataset`), its summary (.json) and spread
     plot (.png) beside it; one row describing the dataset (task, path, transitions,
-    trajectories, seconds, the reward range and largest cost, and the settings fingerprint)."""
+    trajectories, seconds, the reward range and largest cost)."""
     from saferl.data.plot import plot_spread
 
     dataset, summary, plot = output_files(out)
-    result = collect(config)
+    result = collect(replace(config, verbose=verbose))
     meta = result.metadata
     save_dataset(dataset, result.data, meta)
     write_summary(summary, result)
@@ -471,7 +461,7 @@ def collect_cell(*, config: CollectConfig, out: str) -> list[dict[str, Any]]:
              "transitions": int(len(result.data["rewards"])),
              "trajectories": int(meta.num_trajectories), "seconds": float(result.seconds),
              "reward_min": float(meta.reward_min), "reward_max": float(meta.reward_max),
-             "max_cost": float(meta.max_cost), "settings": settings_key(config)}]  # fmt: skip
+             "max_cost": float(meta.max_cost)}]  # fmt: skip
 
 
 def collect_cells(
@@ -487,9 +477,12 @@ def collect_cells(
         raise ValueError(f"each task can be collected once per grid; given more than once: {twice}")
     cells = []
     for config, path in jobs:
-        kwargs = {"config": config, "out": str(Path(path).absolute())}
+        out = str(Path(path).absolute())
+        outputs = tuple(str(p) for p in output_files(out))
+        kwargs = {"config": replace(config, verbose=False), "out": out,
+                  "verbose": config.verbose}  # fmt: skip
         cells.append(Cell(config.env_id, collect_cell, kwargs, cpus=cpus_per_cell,
-                          gpus=gpus_per_cell))  # fmt: skip
+                          gpus=gpus_per_cell, outputs=outputs, volatile=("verbose",)))  # fmt: skip
     return cells
 
 
@@ -504,33 +497,7 @@ def run_collect(
 ) -> GridResult:
     """Collect each (config, dataset path) as a cell of a :func:`saferl.grid.run_grid` grid under
     ``out``: one row per dataset. A re-run with the same ``out`` skips the tasks already
-    collected — unless the settings or the dataset path changed since, or one of the dataset's
-    three files is gone: those are collected again (their datasets overwritten)."""
+    collected — unless their settings or dataset path changed since, or one of the dataset's
+    three files is gone (the grid's fingerprint and outputs): those are collected again."""
     cells = collect_cells(jobs, cpus_per_cell, gpus_per_cell)
-    for cell in cells:
-        reason = _stale(out, cell)
-        if reason:
-            log(f"[collect] {cell.key}: {reason}; collecting it again")
-            cell_file(out, cell.key).unlink()
     return run_grid(cells, out, workers=workers, address=address, log=log)
-
-
-def _stale(out: str | Path, cell: Cell) -> str | None:
-    """Why the finished cell's row no longer describes its dataset (None: it does, or the cell
-    has not run)."""
-    path = cell_file(out, cell.key)
-    if not path.exists():
-        return None
-    try:
-        row = json.loads(path.read_text())["rows"][0]
-        done_path, done_settings = row["path"], row["settings"]
-    except (ValueError, LookupError, TypeError):
-        return f"its row file {str(path)!r} is unreadable"
-    if done_path != cell.kwargs["out"]:
-        return f"it was collected into {done_path!r}, not {cell.kwargs['out']!r}"
-    if done_settings != settings_key(cell.kwargs["config"]):
-        return "it was collected with other settings"
-    missing = [str(p) for p in output_files(done_path) if not p.exists()]
-    if missing:
-        return f"{missing[0]!r} is gone"
-    return None

@@ -73,30 +73,26 @@ def bench_cell(
     method: str,
     seed: int,
     group: tuple[float, ...],
-    config: BenchConfig,
+    base: Any,
+    episodes: int,
+    max_eval_steps: int | None,
+    device: str | None,
 ) -> list[dict[str, Any]]:
-    """One cell of the grid: train ``method`` (through the registry) on the task's data with
-    ``seed`` — threshold-conditioned methods at κ = ``group[0]`` — and score it at every κ of
-    ``group``; one row per κ."""
+    """One cell of the grid: train ``method`` (through the registry, from its ``base`` config)
+    on the task's data with ``seed`` — threshold-conditioned methods at κ = ``group[0]`` — and
+    score it on ``episodes`` episodes at every κ of ``group``; one row per κ."""
     data, meta = payload
     spec = get_method(method)
     kappa = group[0] if spec.threshold_conditioned else None
     start = time.perf_counter()
-    base = make_config(method, config.configs.get(method), seed=seed, cost_limit=kappa)
-    agent, _ = spec.train(data, meta, base, config.device)
-    train_s = time.perf_counter() - start
-    res = rollout(
-        agent.act,
-        meta.make_env,
-        config.episodes,
-        seed=1000 * seed,
-        record=False,
-        max_steps=config.max_eval_steps or meta.max_episode_steps,
+    agent, _ = spec.train(
+        data, meta, make_config(method, base, seed=seed, cost_limit=kappa), device
     )
-    rows = []
-    for r in dsrl_scores(res, meta, group):
-        rows.append({"task": task, "method": method, "seed": seed, "train_s": train_s, **r})
-    return rows
+    train_s = time.perf_counter() - start
+    res = rollout(agent.act, meta.make_env, episodes, seed=1000 * seed, record=False,
+                  max_steps=max_eval_steps or meta.max_episode_steps)  # fmt: skip
+    return [{"task": task, "method": method, "seed": seed, "train_s": train_s, **r}
+            for r in dsrl_scores(res, meta, group)]  # fmt: skip
 
 
 def bench_cells(tasks: Sequence[Task], config: BenchConfig) -> tuple[list[Cell], dict[str, Any]]:
@@ -116,7 +112,9 @@ def bench_cells(tasks: Sequence[Task], config: BenchConfig) -> tuple[list[Cell],
                         f"__k{group[0]:g}" if conditioned else ""
                     )
                     kwargs = {"task": name, "method": method, "seed": seed, "group": group,
-                              "config": config}  # fmt: skip
+                              "base": config.configs.get(method), "episodes": config.episodes,
+                              "max_eval_steps": config.max_eval_steps,
+                              "device": config.device}  # fmt: skip
                     resources = {"cpus": config.cpus_per_cell, "gpus": config.gpus_per_cell}
                     cells.append(Cell(key, bench_cell, kwargs, shared=name, **resources))
     return cells, shared

@@ -15,8 +15,6 @@ Several seeds are a grid (:mod:`saferl.grid`): :func:`train_cell` trains and eva
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from saferl.common.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_chec
 from saferl.common.io import atomic_write, write_json
 from saferl.common.runtime import resolve_device, seeded, torch_threads, versions
 from saferl.data.rollout import rollout
-from saferl.grid import Cell, GridResult, cell_file, run_grid
+from saferl.grid import Cell, GridResult, run_grid
 from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, make_config
 
 
@@ -336,29 +334,20 @@ RUN_FILES = (WEIGHTS, CONFIG, "metrics.json")
 """What :func:`save_run` writes (and ``model.zip`` with ``sb3_zip``)."""
 
 
-def settings_key(config: TD3Config) -> str:
-    """A short fingerprint of ``config`` (seed included): a finished seed whose fingerprint
-    differs is trained again."""
-    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def train_cell(
     *, config: TD3Config, device: str | None = None, out: str | None = None, sb3_zip: bool = False
 ) -> list[dict[str, Any]]:
     """One cell of a seed grid: :func:`train` with ``config`` (its seed), and with ``out``
     :func:`save_run` into that folder; one row per evaluated agent (seed, agent, split,
-    return_mean, return_sd, cost_mean, seconds of training and evaluation, settings
-    fingerprint)."""
+    return_mean, return_sd, cost_mean, seconds of training and evaluation)."""
     start = time.perf_counter()
     result = train(config, device=device)
     seconds = time.perf_counter() - start
     if out is not None:
         save_run(result, out, sb3_zip=sb3_zip)
-    key = settings_key(config)
     return [{"seed": config.seed, "agent": agent, "split": stats["split"],
              "return_mean": stats["return_mean"], "return_sd": stats["return_sd"],
-             "cost_mean": stats["cost_mean"], "seconds": seconds, "settings": key}
+             "cost_mean": stats["cost_mean"], "seconds": seconds}
             for agent, stats in result.evaluation.items()]  # fmt: skip
 
 
@@ -381,8 +370,10 @@ def seed_cells(
         folder = str((Path(out) / f"seed{seed}").absolute()) if out is not None else None
         kwargs = {"config": dataclasses.replace(config, seed=seed), "device": device,
                   "out": folder, "sb3_zip": sb3_zip}  # fmt: skip
+        names = RUN_FILES + (("model.zip",) if sb3_zip else ())
+        outputs = tuple(str(Path(folder) / n) for n in names) if folder is not None else ()
         cells.append(Cell(f"seed{seed}", train_cell, kwargs, cpus=cpus_per_cell,
-                          gpus=gpus_per_cell))  # fmt: skip
+                          gpus=gpus_per_cell, outputs=outputs))  # fmt: skip
     return cells
 
 
@@ -402,38 +393,12 @@ def run_seeds(
 ) -> GridResult:
     """Train ``config`` once per seed as cells of a :func:`saferl.grid.run_grid` grid under
     ``grid_out``: one row per (seed, evaluated agent). A re-run with the same ``grid_out`` skips
-    the seeds already trained — unless the settings changed since or (with ``out``) a file of
-    the seed's saved run is gone: those are trained again."""
+    the seeds already trained — unless their settings changed since or (with ``out``) a file of
+    the seed's saved run is gone (the grid's fingerprint and outputs): those are trained
+    again."""
     validate(config)
     cells = seed_cells(config, seeds, device, out, sb3_zip, cpus_per_cell, gpus_per_cell)
-    for cell in cells:
-        reason = _stale(grid_out, cell)
-        if reason:
-            log(f"[train-online] {cell.key}: {reason}; training it again")
-            cell_file(grid_out, cell.key).unlink()
     return run_grid(cells, grid_out, workers=workers, address=address, log=log)
-
-
-def _stale(grid_out: str | Path, cell: Cell) -> str | None:
-    """Why a finished seed's rows no longer describe its run (None: they do, or it has not
-    run)."""
-    path = cell_file(grid_out, cell.key)
-    if not path.exists():
-        return None
-    try:
-        rows = json.loads(path.read_text())["rows"]
-        settings = {row["settings"] for row in rows}
-    except (ValueError, LookupError, TypeError):
-        return f"its row file {str(path)!r} is unreadable"
-    if settings != {settings_key(cell.kwargs["config"])}:
-        return "it was trained with other settings"
-    folder = cell.kwargs["out"]
-    if folder is not None:
-        names = RUN_FILES + (("model.zip",) if cell.kwargs["sb3_zip"] else ())
-        missing = [name for name in names if not (Path(folder) / name).exists()]
-        if missing:
-            return f"{str(Path(folder) / missing[0])!r} is missing"
-    return None
 
 
 def seed_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

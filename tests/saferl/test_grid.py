@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from saferl.grid import Cell, cell_file, run_grid
-from saferl.offline import BenchConfig, random_rollouts
+from saferl.grid import cell_file
+from saferl.offline import BenchConfig, make_config, random_rollouts
 from saferl.offline.bench import bench_cells, run_bench
 
 ray = pytest.importorskip("ray", reason="Ray is the scale-out engine (pip install 'saferl[ray]')")
@@ -67,12 +67,16 @@ def test_a_finished_grid_does_no_work_on_a_rerun(tasks, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished cell ran again")
 
-    cells, shared = bench_cells(tasks, tiny())
-    cells = [Cell(c.key, forbidden, c.kwargs, c.shared) for c in cells]
-    monkeypatch.setattr(bench, "bench_cell", forbidden)
-    again = run_grid(cells, tmp_path, shared=shared, log=lambda _: None)
+    monkeypatch.setattr(bench, "make_config", forbidden)  # every cell starts with it
+    again = run_bench(tasks, tiny(), tmp_path, log=lambda _: None)
     assert again.ran == [] and len(again.skipped) == 12 and not again.failed
     assert comparable(again.rows) == comparable(first.rows)
+    # other settings for one method: just its cells run again
+    monkeypatch.setattr(bench, "make_config", make_config)
+    configs = {**tiny().configs, "bc_all": {"steps": 21, "batch_size": 32, "hidden": (16,)}}
+    changed = run_bench(tasks, tiny(configs=configs), tmp_path, log=lambda _: None)
+    assert sorted(changed.ran) == sorted(c.key for c in bench_cells(tasks, tiny())[0]
+                                         if "bc_all" in c.key)  # fmt: skip
 
 
 def test_a_failing_cell_is_reported_and_the_rest_complete(tasks, tmp_path, local_ray):
