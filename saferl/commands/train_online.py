@@ -11,17 +11,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
-import tempfile
+import threading
 from pathlib import Path
 
 from envs.locomotion import COST_TYPES
 from saferl.commands import _checks as c
 from saferl.commands._checks import UsageError
-from saferl.online.td3 import TD3Config
+from saferl.online.td3 import WARMUP_PER_AGENT, TD3Config
 
 GRID = "seeds_grid"
 """The grid folder of ``--seeds`` under ``--out`` (row files of the finished seeds)."""
+RESUMABLE_EXIT = 75
+"""Exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint (EX_TEMPFAIL:
+continue it with ``--resume``)."""
+CONFIG_FLAGS = ("suite", "agents", "policy", "net_config", "steps", "learning_starts",
+                "gradient_steps", "batch_size", "lr", "max_grad_norm", "buffer_size",
+                "eval_episodes", "eval_max_steps", "cost_type", "seed", "seeds", "out")  # fmt: skip
+"""Flags that set up a run: ``--resume`` takes them from the saved run instead."""
 SUMMARY = "seeds_summary.json"
 """Rows and per-agent mean ± sd over seeds of ``--seeds``, under ``--out``."""
 
@@ -46,9 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the policy's reference sizes)")  # fmt: skip
     parser.add_argument("--steps", type=c.positive_int, default=defaults.total_steps,
                         help="transitions over all agents")  # fmt: skip
-    parser.add_argument("--learning-starts", type=c.non_negative_int,
-                        default=defaults.learning_starts,
-                        help="uniform random transitions before learning")  # fmt: skip
+    parser.add_argument("--algo", default="td3", choices=["td3"],
+                        help="off-policy algorithm (TD3 is the reference's; SAC and PPO with "
+                             "these networks are not built yet)")  # fmt: skip
+    parser.add_argument("--learning-starts", type=c.non_negative_int, default=None,
+                        help="uniform random transitions (over all training agents) before "
+                             f"learning (default: {WARMUP_PER_AGENT} per training agent, the "
+                             "reference's)")  # fmt: skip
+    parser.add_argument("--gradient-steps", type=c.positive_int, default=None,
+                        help="updates after each step of all agents (default: the number of "
+                             "training agents, i.e. one update per transition)")  # fmt: skip
     parser.add_argument("--batch-size", type=c.positive_int, default=defaults.batch_size,
                         help="minibatch size")  # fmt: skip
     parser.add_argument("--lr", type=c.positive_float, default=defaults.learning_rate,
@@ -73,7 +88,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "re-run skips them) and the mean ± sd over seeds goes to "
                             f"<out>/{SUMMARY}")  # fmt: skip
     parser.add_argument("--device", default=None, help=c.DEVICE_HELP)
-    parser.add_argument("--out", default=None, help="folder for the actor checkpoint and metrics")
+    parser.add_argument("--out", default=None,
+                        help="run folder (required unless --resume): the actor checkpoint and "
+                             "metrics at the end, resumable checkpoints in <out>/checkpoints/ "
+                             "during the run")  # fmt: skip
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="continue the run saved in DIR (a folder an earlier --out run "
+                             "wrote) to its total budget, with its saved settings")  # fmt: skip
+    parser.add_argument("--checkpoint-every", type=c.positive_int, default=10_000,
+                        help="write a resumable checkpoint every this many transitions (a "
+                             "SIGTERM also writes one, then the run exits with status "
+                             f"{RESUMABLE_EXIT})")  # fmt: skip
     parser.add_argument("--workers", type=c.positive_int, default=1,
                         help="with --seeds: seeds trained side by side as Ray tasks on this "
                              "machine (1: in-process, no Ray)")  # fmt: skip
@@ -91,13 +116,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "load it only from a trusted source)")  # fmt: skip
     parser.add_argument("--progress", action="store_true", help="show a progress bar (--seed runs)")
     parser.set_defaults(func=run)
+    parser.set_defaults(flag_defaults={name: parser.get_default(name) for name in CONFIG_FLAGS})
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferl.online.td3 import save_run, train, validate
+    from saferl.online.td3 import saved_config, validate
 
     # --- checks: nothing below trains until every input and output is known to be good
     device = c.check_device(args.device)
+    if args.resume is not None:
+        return resume_run(args, device)
+    if args.out is None:
+        raise UsageError("train-online needs --out DIR: the run folder for its checkpoints "
+                         "and results (a long run that saves nothing is refused); continue a "
+                         "saved run with --resume DIR")  # fmt: skip
     if args.seeds is None and (args.workers > 1 or args.address):
         raise UsageError("--workers and --address run a --seeds grid (one cell per seed); for "
                          "one seed on Ray, give --seeds N")  # fmt: skip
@@ -105,22 +137,29 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seeds must name each seed once, got {' '.join(map(str, args.seeds))}")
     names = ["model.safetensors", "config.json", "metrics.json"]
     names += ["model.zip"] if args.sb3_zip else []
-    if args.out is not None:
-        out = c.check_output_dir(args.out, "--out folder")
-        if args.seeds is None:
+    out = c.check_output_dir(args.out, "--out folder")
+    if args.seeds is None:
+        for name in names:
+            c.check_output_file(out / name, "output file")
+        c.check_output_dir(out / "checkpoints", "checkpoint folder")
+        with c.user_errors(f"--out {str(out)!r}"):
+            if (out / "checkpoints" / "latest").exists():
+                saved_config(out)  # raises on a broken checkpoint
+                raise UsageError(f"--out {str(out)!r} already holds a run's checkpoints: "
+                                 f"continue it with --resume {out}, or pick another "
+                                 "folder")  # fmt: skip
+    else:
+        c.check_output_dir(out / GRID, "grid folder")
+        c.check_output_file(out / SUMMARY, "output file")
+        for seed in args.seeds:
+            c.check_output_dir(out / f"seed{seed}", "seed folder")
             for name in names:
-                c.check_output_file(out / name, "output file")
-        else:
-            c.check_output_dir(out / GRID, "grid folder")
-            c.check_output_file(out / SUMMARY, "output file")
-            for seed in args.seeds:
-                c.check_output_dir(out / f"seed{seed}", "seed folder")
-                for name in names:
-                    c.check_output_file(out / f"seed{seed}" / name, "output file")
+                c.check_output_file(out / f"seed{seed}" / name, "output file")
     with c.user_errors():
         config = TD3Config(
             suite=args.suite, agents=args.agents, policy=args.policy, net_config=args.net_config,
             total_steps=args.steps, learning_starts=args.learning_starts,
+            gradient_steps=args.gradient_steps,
             batch_size=args.batch_size, learning_rate=args.lr, max_grad_norm=args.max_grad_norm,
             buffer_size=args.buffer_size, eval_episodes=args.eval_episodes,
             eval_max_steps=args.eval_max_steps,
@@ -131,18 +170,72 @@ def run(args: argparse.Namespace) -> int:
         if args.workers > 1 or args.address:
             c.check_ray()
         return run_seeds(args, config, device)
+    return train_one(args, config, device, Path(args.out), resumed=False)
 
-    # --- the work
-    print(json.dumps(dataclasses.asdict(config)))
-    result = train(config, device=device, progress=args.progress)
-    print(f"trained {config.policy} on {config.suite} for {config.total_steps} transitions "
-          f"in {result.seconds:.0f} s; {len(result.episodes)} training episodes")  # fmt: skip
+
+def resume_run(args: argparse.Namespace, device: str) -> int:
+    """``--resume DIR``: the saved run's config, then :func:`train_one` from its checkpoint."""
+    from saferl.online.td3 import saved_config, validate
+
+    given = [name for name, default in args.flag_defaults.items()
+             if getattr(args, name) != default]  # fmt: skip
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"--resume continues a run with its saved settings; drop {flags}")
+    folder = Path(args.resume)
+    if not folder.is_dir():
+        raise UsageError(f"--resume folder {str(folder)!r} does not exist")
+    with c.user_errors(f"cannot resume {str(folder)!r}"):
+        config = saved_config(folder)
+        validate(config)
+    for name in ("model.safetensors", "config.json", "metrics.json"):
+        c.check_output_file(folder / name, "output file")
+    c.check_output_dir(folder / "checkpoints", "checkpoint folder")
+    return train_one(args, config, device, folder, resumed=True)
+
+
+def train_one(
+    args: argparse.Namespace, config: TD3Config, device: str, out: Path, resumed: bool
+) -> int:
+    """Train one run into ``out`` with checkpoints; SIGTERM/SIGINT write one and stop."""
+    from saferl.online.td3 import budget, save_run, train
+
+    plan = budget(config)
+    print(json.dumps({"algo": args.algo, **dataclasses.asdict(config)}))
+    print(f"budget: {plan['transitions']} transitions over {plan['envs']} agents, "
+          f"{plan['learning_starts']} random warm-up transitions, {plan['updates']} updates "
+          f"({plan['gradient_steps']} per step of all agents: {plan['update_to_data']:g} update "
+          f"per transition); checkpoints every {args.checkpoint_every} transitions in "
+          f"{out / 'checkpoints'}")  # fmt: skip
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        print(f"saferl train-online: got {signal.Signals(signum).name}; writing a checkpoint",
+              file=sys.stderr, flush=True)  # fmt: skip
+        stop.set()
+
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = train(config, device=device, progress=args.progress, out=out,
+                       checkpoint_every=args.checkpoint_every, resume_run=resumed,
+                       stop=stop.is_set)  # fmt: skip
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    done = result.run["transitions_done"]
+    if result.interrupted:
+        print(f"stopped at {done} of {plan['transitions']} transitions; checkpoint "
+              f"{result.run['checkpoint']}")  # fmt: skip
+        print(f"resume with: saferl train-online --resume {out}", flush=True)
+        return RESUMABLE_EXIT
+    print(f"trained {config.policy} on {config.suite} for {done} transitions "
+          f"({result.run['updates_done']} updates) in {result.seconds:.0f} s; "
+          f"{len(result.episodes)} training episodes")  # fmt: skip
     for agent, stats in result.evaluation.items():
         print(f"  {stats['split']:8s} {agent:14s} return {stats['return_mean']:8.1f} "
               f"± {stats['return_sd']:.1f}  cost {stats['cost_mean']:.1f}")  # fmt: skip
-    if args.out:
-        paths = save_run(result, args.out, sb3_zip=args.sb3_zip)
-        print("saved", ", ".join(paths.values()))
+    paths = save_run(result, str(out), sb3_zip=args.sb3_zip)
+    print("saved", ", ".join(paths.values()))
     return 0
 
 
@@ -158,11 +251,7 @@ def run_seeds(args: argparse.Namespace, config: TD3Config, device: str) -> int:
                    "workers": args.workers, "address": args.address,
                    "cpus_per_cell": args.cpus_per_cell,
                    "gpus_per_cell": args.gpus_per_cell}  # fmt: skip
-    if args.out is not None:
-        grid = run_grid(config, args.seeds, Path(args.out) / GRID, **grid_kwargs)
-    else:  # nothing is saved: the grid lives as long as the command
-        with tempfile.TemporaryDirectory(prefix="saferl-seeds-") as folder:
-            grid = run_grid(config, args.seeds, folder, **grid_kwargs)
+    grid = run_grid(config, args.seeds, Path(args.out) / GRID, **grid_kwargs)
     for row in grid.rows:
         print(f"  seed {row['seed']:<4d} {row['split']:8s} {row['agent']:14s} return "
               f"{row['return_mean']:8.1f} ± {row['return_sd']:.1f}  cost "

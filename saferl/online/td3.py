@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3 import TD3
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -34,6 +34,7 @@ from saferl.common.io import atomic_write, write_json
 from saferl.common.runtime import resolve_device, seeded, torch_threads, versions
 from saferl.data.rollout import rollout
 from saferl.grid import Cell, GridResult, run_grid
+from saferl.online import resume
 from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, make_config
 
 
@@ -70,12 +71,14 @@ class TD3Config:
     """Std of the Gaussian exploration noise on actions."""
     max_grad_norm: float = 0.1
     """Global gradient-norm clip of each update."""
-    learning_starts: int = 5_000
-    """Uniform random warm-up transitions before learning."""
+    learning_starts: int | None = None
+    """Uniform random warm-up transitions (over all training agents) before learning; None =
+    5,000 per training agent (the reference's warm-up per morphology)."""
     buffer_size: int = 1_000_000
     """Replay buffer capacity (transitions)."""
-    gradient_steps: int = 1
-    """Updates after each vector-env step (one transition per training agent)."""
+    gradient_steps: int | None = None
+    """Updates after each vector-env step (one transition per training agent); None = the
+    number of training agents, i.e. one update per transition (the reference's ratio)."""
     max_limbs: int | None = None
     """Padding of the flat view; None = the largest agent of the suite."""
     cost_type: str = "velocity"
@@ -98,6 +101,11 @@ class TrainResult:
     losses: list[dict[str, float]] = field(default_factory=list)
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    run: dict[str, Any] = field(default_factory=dict)
+    """The budget (:func:`budget`) and what was done: ``transitions_done``, ``updates_done``
+    and the newest ``checkpoint`` folder (None without ``out``)."""
+    interrupted: bool = False
+    """True when ``stop()`` ended the run early (a checkpoint was written; no evaluation)."""
 
 
 def suite_agents(suite: str, split: str) -> list[str]:
@@ -173,24 +181,57 @@ class EpisodeRecorder(BaseCallback):
             self.losses.append(entry)
 
 
+WARMUP_PER_AGENT = 5_000
+"""The reference's uniform random warm-up: 5,000 transitions per morphology."""
+
+
+def train_agents_of(config: TD3Config) -> list[str]:
+    """The agents trained on: ``config.agents`` or the suite's training split."""
+    return list(config.agents or suite_agents(config.suite, "train"))
+
+
+def budget(config: TD3Config) -> dict[str, Any]:
+    """The run's budget as resolved from ``config``: transitions, agents (envs), warm-up
+    transitions, updates per vector step, the update-to-data ratio (updates per transition
+    after the warm-up) and the number of gradient updates the run will make."""
+    n_envs = len(train_agents_of(config))
+    warmup = WARMUP_PER_AGENT * n_envs if config.learning_starts is None else config.learning_starts
+    per_step = n_envs if config.gradient_steps is None else config.gradient_steps
+    vector_steps = -(-config.total_steps // n_envs)  # SB3 steps all envs until >= total
+    # SB3 trains after vector step k once k * n_envs > warmup transitions were collected
+    trained_steps = max(0, vector_steps - warmup // n_envs)
+    return {
+        "transitions": vector_steps * n_envs,
+        "envs": n_envs,
+        "learning_starts": warmup,
+        "gradient_steps": per_step,
+        "update_to_data": per_step / n_envs,
+        "updates": trained_steps * per_step,
+    }
+
+
 def build_model(
     config: TD3Config, vec_env: DummyVecEnv, device: str | None = None, verbose: int = 0
 ) -> TD3:
-    """SB3 TD3 with a :class:`LimbTD3Policy` of ``config.policy`` on ``vec_env``."""
+    """SB3 TD3 with a :class:`LimbTD3Policy` of ``config.policy`` on ``vec_env``
+    (``learning_starts`` and ``gradient_steps`` resolved as :func:`budget` says)."""
     make_config(config.policy, config.net_config)  # clear error on a bad kind / field
     n_actions = vec_env.action_space.shape[0]
     noise = NormalActionNoise(np.zeros(n_actions), config.exploration_noise * np.ones(n_actions))
+    n_envs = vec_env.num_envs
+    warmup = WARMUP_PER_AGENT * n_envs if config.learning_starts is None else config.learning_starts
+    per_step = n_envs if config.gradient_steps is None else config.gradient_steps
     return TD3(
         LimbTD3Policy,
         vec_env,
         learning_rate=config.learning_rate,
         buffer_size=config.buffer_size,
-        learning_starts=config.learning_starts,
+        learning_starts=warmup,
         batch_size=config.batch_size,
         tau=config.tau,
         gamma=config.gamma,
         train_freq=1,
-        gradient_steps=config.gradient_steps,
+        gradient_steps=per_step,
         action_noise=noise,
         policy_delay=config.policy_delay,
         target_policy_noise=config.target_noise,
@@ -212,9 +253,13 @@ def validate(config: TD3Config) -> None:
     if config.policy not in KINDS:
         raise KeyError(f"unknown policy {config.policy!r}; expected one of {sorted(KINDS)}")
     make_config(config.policy, config.net_config)
-    for name in ("total_steps", "batch_size", "buffer_size", "gradient_steps", "policy_delay"):
+    for name in ("total_steps", "batch_size", "buffer_size", "policy_delay"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.gradient_steps is not None and config.gradient_steps < 1:
+        raise ValueError(f"gradient_steps must be >= 1 (or None), got {config.gradient_steps}")
+    if config.learning_starts is not None and config.learning_starts < 0:
+        raise ValueError(f"learning_starts must be >= 0 (or None), got {config.learning_starts}")
     if not 0.0 <= config.gamma <= 1.0 or not 0.0 < config.tau <= 1.0:
         raise ValueError(f"need 0 <= gamma <= 1 and 0 < tau <= 1, got {config.gamma}, {config.tau}")
     suite_agents(config.suite, "train")
@@ -222,27 +267,214 @@ def validate(config: TD3Config) -> None:
         envs.get_morphology(agent)
 
 
+class Checkpointer(BaseCallback):
+    """Writes a resumable checkpoint of the run into ``out`` (:mod:`saferl.online.resume`)
+    every ``every`` transitions, at the end of training, and when ``stop()`` turns true (then
+    training stops). It saves between a finished update and the next env step, where the
+    replay buffer, the counters and the networks agree."""
+
+    def __init__(
+        self,
+        out: str | Path,
+        every: int,
+        config: TD3Config,
+        recorder: EpisodeRecorder,
+        stop: Callable[[], bool] | None = None,
+        chunks: Sequence[str] = (),
+        rows_saved: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.out, self.every, self.config, self.recorder = Path(out), int(every), config, recorder
+        self.stop, self.chunks, self.rows_saved = stop, list(chunks), int(rows_saved)
+        self.saved_at = -1 if rows_saved == 0 else None  # step of the last checkpoint
+        self.stopped = False
+        self.seconds_before = seconds  # training seconds of earlier sessions of this run
+        self._start = time.perf_counter()
+        self.last: Path | None = None
+
+    def _on_training_start(self) -> None:
+        self.saved_at = self.num_timesteps if self.saved_at is None else self.saved_at
+        self._start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return not self.stopped
+
+    def _on_rollout_start(self) -> None:
+        step = self.num_timesteps
+        if self.stop is not None and self.stop():
+            if step != self.saved_at:
+                self.save()
+            self.stopped = True
+        elif step // self.every > max(self.saved_at, 0) // self.every and step != self.saved_at:
+            self.save()
+
+    def _on_training_end(self) -> None:
+        if not self.stopped and self.num_timesteps != self.saved_at:
+            self.save()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self._start
+
+    def save(self) -> Path:
+        model: TD3 = self.model
+        buffer = model.replay_buffer
+        rows = self.num_timesteps // model.n_envs
+        chunk = resume.save_replay_chunk(resume.checkpoint_root(self.out), buffer,
+                                         self.rows_saved, rows)  # fmt: skip
+        chunks = self.chunks + ([chunk] if chunk else [])
+        self.chunks = resume.live_chunks(chunks, rows, buffer.buffer_size)
+        self.rows_saved = rows
+        rng_json, rng_tensors = resume.global_rng_states()
+        tensors = {f"policy.{k}": v for k, v in model.policy.state_dict().items()}
+        tensors.update(resume.optimizer_tensors("actor", model.actor.optimizer))
+        tensors.update(resume.optimizer_tensors("critic", model.critic.optimizer))
+        tensors.update(rng_tensors)
+        rec, space_rng = self.recorder, model.action_space.np_random
+        state = {
+            "td3": dataclasses.asdict(self.config),
+            "budget": budget(self.config),
+            "num_timesteps": int(self.num_timesteps),
+            "n_updates": int(model._n_updates),
+            "episode_num": int(model._episode_num),
+            "rows": rows,
+            "replay_chunks": self.chunks,
+            "rng": {
+                **rng_json,
+                "envs": resume.env_rng_states(model.env),
+                "action_space": resume.jsonable_rng(space_rng.bit_generator.state),
+            },
+            "episodes": rec.episodes,
+            "losses": rec.losses,
+            "seconds": self.seconds(),
+            "obs_dim": int(model.observation_space.shape[0]),
+            "versions": versions(),
+        }
+        self.last = resume.write_checkpoint(self.out, int(self.num_timesteps), tensors, state)
+        self.saved_at = int(self.num_timesteps)
+        return self.last
+
+
+def restore(model: TD3, out: str | Path, recorder: EpisodeRecorder) -> dict[str, Any]:
+    """Load the newest checkpoint in ``out`` into a freshly built ``model`` (same config):
+    weights, optimiser states, replay buffer, counters, RNG states (the global ones are set:
+    call inside :func:`saferl.common.runtime.seeded`) and the recorder's history."""
+    tensors, state = resume.read_checkpoint(out)
+    policy = {k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")}
+    model.policy.load_state_dict(policy)
+    resume.load_optimizer_tensors("actor", model.actor.optimizer, tensors)
+    resume.load_optimizer_tensors("critic", model.critic.optimizer, tensors)
+    resume.load_replay(resume.checkpoint_root(out), model.replay_buffer,
+                       state["replay_chunks"], state["rows"])  # fmt: skip
+    model.num_timesteps = int(state["num_timesteps"])
+    model._n_updates = int(state["n_updates"])
+    model._episode_num = int(state["episode_num"])
+    rng = state["rng"]
+    resume.set_global_rng_states(rng, tensors)
+    resume.set_env_rng_states(model.env, rng["envs"])
+    model.action_space.np_random.bit_generator.state = rng["action_space"]
+    recorder.episodes = list(state["episodes"])
+    recorder.losses = list(state["losses"])
+    if recorder.losses:
+        recorder._updates_seen = int(recorder.losses[-1]["updates"])
+    return state
+
+
+def config_from_state(state: Mapping[str, Any]) -> TD3Config:
+    """The :class:`TD3Config` saved in a checkpoint's state."""
+    return TD3Config(**state["td3"])
+
+
+def saved_config(out: str | Path) -> TD3Config:
+    """The config of the run whose checkpoints are in ``out`` (FileNotFoundError if none)."""
+    return config_from_state(resume.read_run_state(out))
+
+
 def train(
-    config: TD3Config, device: str | None = None, progress: bool = False, verbose: int = 0
+    config: TD3Config,
+    device: str | None = None,
+    progress: bool = False,
+    verbose: int = 0,
+    *,
+    out: str | Path | None = None,
+    checkpoint_every: int = 10_000,
+    resume_run: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train one shared policy on the suite's training agents, then evaluate it on the training
     and held-out agents (``config.eval_episodes`` each, deterministic actions). The run is
-    seeded with ``config.seed``; the caller's global RNG states are left as they were."""
+    seeded with ``config.seed``; the caller's global RNG states are left as they were.
+
+    With ``out`` the run writes a resumable checkpoint into ``out/checkpoints/`` every
+    ``checkpoint_every`` transitions and at its end; with ``resume_run`` it continues from the
+    newest one there (``config`` must equal the saved one) to the same ``total_steps``. When
+    ``stop()`` turns true (a SIGTERM handler's flag), a checkpoint is written and the run
+    returns early with ``interrupted`` set (no evaluation)."""
     validate(config)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if (resume_run or stop is not None) and out is None:
+        raise ValueError("resuming or stopping with a checkpoint needs out= (the run folder)")
+    if resume_run:
+        saved = saved_config(out)
+        if saved != config:
+            changed = [f.name for f in dataclasses.fields(config)
+                       if getattr(saved, f.name) != getattr(config, f.name)]  # fmt: skip
+            raise ValueError(f"the run in {str(out)!r} was saved with other settings "
+                             f"({', '.join(changed)}); resume it with its own config")  # fmt: skip
     with seeded(config.seed):
-        return _train(config, device, progress, verbose)
+        return _train(config, device, progress, verbose, out, checkpoint_every, resume_run, stop)
 
 
-def _train(config: TD3Config, device: str | None, progress: bool, verbose: int) -> TrainResult:
-    train_agents = list(config.agents or suite_agents(config.suite, "train"))
+def _train(
+    config: TD3Config,
+    device: str | None,
+    progress: bool,
+    verbose: int,
+    out: str | Path | None,
+    checkpoint_every: int,
+    resume_run: bool,
+    stop: Callable[[], bool] | None,
+) -> TrainResult:
+    train_agents = train_agents_of(config)
     heldout = [a for a in suite_agents(config.suite, "heldout") if a not in train_agents]
     max_limbs = config.max_limbs or suite_max_limbs(train_agents + heldout)
     vec = make_vec_env(train_agents, max_limbs, config.seed, config.cost_type)
     model = build_model(config, vec, device, verbose)
     recorder = EpisodeRecorder(train_agents)
+    callbacks: list[BaseCallback] = [recorder]
+    checkpointer = None
+    if out is not None:
+        chunks, rows, seconds_before = [], 0, 0.0
+        if resume_run:
+            vec._reset_seeds()  # the reset continues the restored env RNG streams
+            state = restore(model, out, recorder)
+            chunks, rows, seconds_before = state["replay_chunks"], state["rows"], state["seconds"]
+        checkpointer = Checkpointer(out, checkpoint_every, config, recorder, stop, chunks, rows,
+                                    seconds_before)  # fmt: skip
+        callbacks.append(checkpointer)
     start = time.perf_counter()
-    model.learn(config.total_steps, callback=recorder, progress_bar=progress)
-    seconds = time.perf_counter() - start
+    remaining = config.total_steps - model.num_timesteps
+    if checkpointer is not None and stop is not None and stop():  # stopped before any step
+        checkpointer.init_callback(model)
+        if not resume_run:
+            checkpointer.save()
+        checkpointer.stopped = True
+    elif remaining > 0:
+        model.learn(remaining, callback=CallbackList(callbacks), progress_bar=progress,
+                    reset_num_timesteps=not resume_run)  # fmt: skip
+    seconds = checkpointer.seconds() if checkpointer else time.perf_counter() - start
+    plan = budget(config)
+    run = {
+        **plan,
+        "transitions_done": int(model.num_timesteps),
+        "updates_done": int(model._n_updates),
+        "checkpoint": str(checkpointer.last) if checkpointer and checkpointer.last else None,
+    }
+    if checkpointer is not None and checkpointer.stopped:
+        vec.close()
+        return TrainResult(model, config, recorder.episodes, recorder.losses, {}, seconds,
+                           run=run, interrupted=True)  # fmt: skip
     evaluation = {}
     if config.eval_episodes > 0:
         for split, agents in (("train", train_agents), ("heldout", heldout)):
@@ -252,7 +484,8 @@ def _train(config: TD3Config, device: str | None, progress: bool, verbose: int) 
                                  max_steps=config.eval_max_steps)  # fmt: skip
                 evaluation[agent] = {**stats, "split": split}
     vec.close()
-    return TrainResult(model, config, recorder.episodes, recorder.losses, evaluation, seconds)
+    return TrainResult(model, config, recorder.episodes, recorder.losses, evaluation, seconds,
+                       run=run)  # fmt: skip
 
 
 @torch.no_grad()
@@ -300,11 +533,13 @@ def save_run(result: TrainResult, folder: str, sb3_zip: bool = False) -> dict[st
     obs_dim = int(result.model.observation_space.shape[0])
     save_checkpoint(folder_path, result.model.policy.actor.mu,
                     {"td3": dataclasses.asdict(result.config), "obs_dim": obs_dim,
+                     "budget": budget(result.config),
                      "versions": versions()}, kind="td3_actor")  # fmt: skip
     paths = {name: str(folder_path / name) for name in (WEIGHTS, CONFIG, "metrics.json")}
     write_json(paths["metrics.json"], {"episodes": result.episodes, "losses": result.losses,
                                        "evaluation": result.evaluation,
-                                       "seconds": result.seconds})  # fmt: skip
+                                       "seconds": result.seconds,
+                                       "run": result.run})  # fmt: skip
     if sb3_zip:
         paths["model.zip"] = str(folder_path / "model.zip")
         atomic_write(paths["model.zip"], result.model.save)

@@ -37,7 +37,7 @@ def test_training_records_episodes_losses_and_evaluation(trained) -> None:
     assert all(np.isfinite(e["return"]) and e["length"] >= 1 for e in trained.episodes)
     assert len(trained.losses) >= 10 and all(np.isfinite(x["critic_loss"]) for x in trained.losses)
     assert any("actor_loss" in x for x in trained.losses)
-    assert trained.model._n_updates == (360 - 240) // 3  # one update per vector-env step
+    assert trained.model._n_updates == 360 - 240  # one update per transition after warm-up
     assert set(trained.evaluation) == {"hopper_3", "hopper_4", "hopper_5", "hopper_4b"}
     assert trained.evaluation["hopper_4b"]["split"] == "heldout"
 
