@@ -4,6 +4,12 @@
 once per seed, each seed a cell of a :mod:`saferl.grid` grid (Ray tasks with ``--workers`` or
 ``--address``), saves seed N's run into ``<out>/seed<N>/``, keeps the finished seeds' rows in
 ``<out>/seeds_grid/`` (a re-run skips them) and prints a per-agent mean ± sd over the seeds.
+
+``--out`` is required (a run that saves nothing is refused). A ``--seed`` run prints its budget
+(transitions, warm-up, updates, update-to-data ratio), writes a resumable checkpoint into
+``<out>/checkpoints/`` every ``--checkpoint-every`` transitions, and on SIGTERM/SIGINT writes
+one more and exits with status 75 (``RESUMABLE_EXIT``); ``--resume <out>`` continues it to the
+same budget with its saved settings.
 """
 
 from __future__ import annotations

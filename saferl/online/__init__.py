@@ -1,10 +1,12 @@
 """Online RL on the 3D locomotion suites: multi-morphology TD3 with SET / baseline policies,
-several seeds as a resumable grid (:func:`run_seeds`, one :func:`train_cell` per seed)."""
+several seeds as a resumable grid (:func:`run_seeds`, one :func:`train_cell` per seed); a run
+with ``out=`` checkpoints itself and resumes (:mod:`saferl.online.resume`)."""
 
 from saferl.online.td3 import (
     EpisodeRecorder,
     TD3Config,
     TrainResult,
+    budget,
     build_model,
     critic_td_loss,
     demo_stage,
@@ -13,6 +15,7 @@ from saferl.online.td3 import (
     make_vec_env,
     run_seeds,
     save_run,
+    saved_config,
     seed_summary,
     suite_agents,
     suite_max_limbs,
@@ -24,6 +27,7 @@ __all__ = [
     "EpisodeRecorder",
     "TD3Config",
     "TrainResult",
+    "budget",
     "build_model",
     "critic_td_loss",
     "demo_stage",
@@ -32,6 +36,7 @@ __all__ = [
     "make_vec_env",
     "run_seeds",
     "save_run",
+    "saved_config",
     "seed_summary",
     "suite_agents",
     "suite_max_limbs",
