@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from envs.layout import NUM_SCALARS, NUM_VECTORS, VECTOR_INDEX, ObsLayout, vector_slice, xyz
@@ -78,6 +79,40 @@ def gram_size(channels: int) -> int:
     return (channels + 2) ** 2
 
 
+# Speed (same function, fewer FLOPs): the Gram matrix is symmetric, so a linear map of its
+# flattened entries, sum_ij W[:, ij] G_ij, equals sum_{i<=j} W'[:, ij] G_ij with the folded
+# weight W'_ij = W_ij + W_ji (i < j), W'_ii = W_ii. The layers keep their full-Gram weights
+# (checkpoints and gram_invariants unchanged) and fold them on the fly; only the upper
+# triangle of the Gram matrix is fed in, almost halving the widest matmuls of SET.
+
+
+class _Triangle(nn.Module):
+    """Index buffers of the upper triangle of a k x k Gram matrix (k = channels + 2)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+        rows, cols = torch.triu_indices(k, k)
+        self.register_buffer("upper", rows * k + cols, persistent=False)
+        self.register_buffer("lower", cols * k + rows, persistent=False)
+        self.register_buffer("offdiag", (rows != cols).to(torch.float32), persistent=False)
+
+    def gram(self, zc: Tensor) -> Tensor:
+        """Upper triangle of :func:`gram_invariants` of ``zc = [Z, g, d]`` (..., 3, k)."""
+        gram = (zc.transpose(-1, -2) @ zc).flatten(-2)  # (..., k*k)
+        norm = torch.linalg.vector_norm(gram, dim=-1, keepdim=True) + 1.0
+        return gram.index_select(-1, self.upper) / norm
+
+    def fold(self, weight: Tensor, start: int) -> Tensor:
+        """``weight`` (out, a + k*k + b) of a linear map on [x, flat Gram, y] (``start`` = a)
+        -> the weight (out, a + k(k+1)/2 + b) of the same map on [x, upper triangle, y]."""
+        end = start + self.k * self.k
+        w_gram = weight[:, start:end]
+        folded = w_gram.index_select(1, self.upper)
+        folded = folded + w_gram.index_select(1, self.lower) * self.offdiag
+        return torch.cat([weight[:, :start], folded, weight[:, end:]], 1)
+
+
 class VectorMix(nn.Module):
     """Bias-free linear map of vector channels ``(..., 3, c_in) -> (..., 3, c_out)``."""
 
@@ -110,27 +145,40 @@ class SETLayer(nn.Module):
         self.ff_coeff = nn.Linear(cfg.ff, (m + 2) * m)
         nn.init.normal_(self.ff_coeff.weight, std=0.1 / cfg.ff**0.5)
         nn.init.zeros_(self.ff_coeff.bias)
+        self.tri = _Triangle(m + 2)
 
     def forward(
         self, h: Tensor, z: Tensor, gd: Tensor, mask: Tensor, parents: Tensor
     ) -> tuple[Tensor, Tensor]:
         """h (B, L, d) invariant, z (B, L, 3, m) equivariant -> updated (h, z)."""
-        b, n, _ = h.shape
-        inv = gram_invariants(z, gd)
-        q, k, v = self.qkv(torch.cat([self.norm_attn(h), inv], -1)).chunk(3, dim=-1)
-        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        bias = self.bias(parents) if self.bias is not None else None
+        return self._forward(h, z, gd, mask, self.bias(parents) if self.bias else None)
+
+    def _forward(
+        self, h: Tensor, z: Tensor, gd: Tensor, mask: Tensor, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        b, n, d = h.shape
+        zc = torch.cat([z, gd], -1)  # [Z, g, d], shared by the Gram and the value mix
+        w_qkv = self.tri.fold(self.qkv.weight, d)
+        qkv = F.linear(torch.cat([self.norm_attn(h), self.tri.gram(zc)], -1), w_qkv, self.qkv.bias)
+        q, k, v = qkv.reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         attn = masked_softmax_attention(q, k, mask, bias)  # (B, H, L, L), invariant
-        h = h + self.out((attn @ v).transpose(1, 2).reshape(b, n, -1))
         # vector messages: the same weights on bias-free mixes of [z, g, d] (equivariant)
-        zv = self.vec_value(torch.cat([z, gd], -1)).reshape(b, n, 3, self.heads, self.m)
-        msg = torch.einsum("bhij,bjchm->bichm", attn, zv).reshape(b, n, 3, -1)
-        z = z + self.vec_out(msg)
+        zv = self.vec_value(zc).reshape(b, n, 3 * self.heads, self.m)
+        zv = zv.reshape(b, n, 3, self.heads, self.m).permute(0, 3, 1, 2, 4).flatten(3)
+        msg = attn @ torch.cat([v, zv], -1)  # one product for scalar and vector messages
+        dh = v.shape[-1]
+        h = h + self.out(msg[..., :dh].transpose(1, 2).reshape(b, n, -1))
+        msg_vec = msg[..., dh:].reshape(b, self.heads, n, 3, self.m).permute(0, 2, 3, 1, 4)
+        z = z + self.vec_out(msg_vec.reshape(b, n, 3, -1))
         # feed-forward: f(Z, h) = [Z, g, d] sigma(Gram, h)   (SGNN basic map)
-        hidden = self.ff(torch.cat([self.norm_ff(h), gram_invariants(z, gd)], -1))
+        zc = torch.cat([z, gd], -1)
+        w_ff = self.tri.fold(self.ff[0].weight, d)
+        hidden = F.silu(
+            F.linear(torch.cat([self.norm_ff(h), self.tri.gram(zc)], -1), w_ff, self.ff[0].bias)
+        )
         h = h + self.ff_scalar(hidden)
         coeff = self.ff_coeff(hidden).reshape(b, n, self.m + 2, self.m)
-        z = z + torch.einsum("blci,blij->blcj", torch.cat([z, gd], -1), coeff)
+        z = z + zc @ coeff
         return h, z
 
 
@@ -148,15 +196,23 @@ class SETBackbone(nn.Module):
             nn.Linear(cfg.width, cfg.width),
         )
         self.layers = nn.ModuleList(SETLayer(cfg, first=i == 0) for i in range(cfg.layers))
+        self.tri = _Triangle(m + 2)
 
-    def forward(self, obs: Tensor, extra: Tensor | None = None) -> dict[str, Tensor]:
-        """``obs`` (B, flat_dim), ``extra`` (B, L, e) scalars -> graph view plus h, z, gd."""
-        view = graph_view(obs, self.layout)
+    def forward(
+        self, obs: Tensor, extra: Tensor | None = None, view: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """``obs`` (B, flat_dim), ``extra`` (B, L, e) scalars -> graph view plus h, z, gd.
+
+        ``view``: the :func:`graph_view` of ``obs`` when the caller has decoded it already."""
+        view = graph_view(obs, self.layout) if view is None else view
         vectors = view["vectors"].transpose(-1, -2)  # (B, L, 3, 8): channels last
         gd = vectors[..., [GRAVITY, TARGET]]
         z = self.embed_vec(vectors)
         scalars = view["scalars"] if extra is None else torch.cat([view["scalars"], extra], -1)
-        h = self.embed(torch.cat([gram_invariants(z, gd), scalars], -1))
+        first, act, second = self.embed
+        inv = self.tri.gram(torch.cat([z, gd], -1))
+        h = F.linear(torch.cat([inv, scalars], -1), self.tri.fold(first.weight, 0), first.bias)
+        h = second(act(h))
         for layer in self.layers:
             h, z = layer(h, z, gd, view["mask"], view["parents"])
         return {**view, "h": h, "z": z, "gd": gd}
