@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -125,6 +126,49 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- devices and paths
+
+
+def add_grid_arguments(p: argparse.ArgumentParser, cell: str, cpus_default: float | None,
+                       note: str = "") -> None:  # fmt: skip
+    """The scale-out flags every grid command shares (``saferl.grid``): ``--workers``,
+    ``--address``, ``--cpus-per-cell``, ``--gpus-per-cell``; ``cell`` names a cell in the help
+    ("task", "seed", "cell"), ``note`` is appended to ``--address``'s help."""
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help=f"{cell}s run side by side as Ray tasks on this machine (1: in-process, "
+                        "no Ray)")  # fmt: skip
+    p.add_argument(
+        "--address",
+        default=None,
+        help=f"run on an existing Ray cluster: 'auto' or ray://HOST:PORT{note}",
+    )
+    default = "--threads" if cpus_default is None else cpus_default
+    p.add_argument(
+        "--cpus-per-cell",
+        type=positive_float,
+        default=cpus_default,
+        help=f"CPUs (torch threads) a {cell} reserves (default: {default})",
+    )
+    p.add_argument(
+        "--gpus-per-cell",
+        type=non_negative_float,
+        default=0.0,
+        help=f"GPUs a {cell} reserves under Ray (a fraction shares a GPU)",
+    )
+
+
+def report_grid(grid: Any, command: str, cell: str) -> int:
+    """Print how a grid went (cells run, already done, failed, each failure on stderr); the
+    exit status: 1 when cells failed (a re-run retries just those), else 0."""
+    print(f"{len(grid.ran)} cells ran, {len(grid.skipped)} were already done, "
+          f"{len(grid.failed)} failed ({grid.seconds:.0f} s)")  # fmt: skip
+    if not grid.failed:
+        return 0
+    for key, error in grid.failed.items():
+        print(f"failed {cell} {key}: {error}", file=sys.stderr)
+    total = len(grid.failed) + len(grid.ran) + len(grid.skipped)
+    print(f"saferl {command}: {len(grid.failed)} of {total} {cell}s failed; re-run the same "
+          f"command to retry them (finished {cell}s are kept)", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 def check_ray() -> None:

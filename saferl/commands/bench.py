@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from saferl.commands import _checks as c
@@ -46,18 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help=c.DEVICE_HELP)
     p.add_argument("--threads", type=c.positive_int, default=1,
                    help="torch threads per cell (and the default of --cpus-per-cell)")  # fmt: skip
-    p.add_argument("--workers", type=c.positive_int, default=1,
-                   help="cells run side by side as Ray tasks on this machine (1: in-process, "
-                        "no Ray)")  # fmt: skip
-    p.add_argument(
-        "--address",
-        default=None,
-        help="run the cells on an existing Ray cluster: 'auto' or ray://HOST:PORT",
-    )
-    p.add_argument("--cpus-per-cell", type=c.positive_float, default=None,
-                   help="CPUs (torch threads) a cell reserves (default: --threads)")  # fmt: skip
-    p.add_argument("--gpus-per-cell", type=c.non_negative_float, default=0.0,
-                   help="GPUs a cell reserves under Ray (a fraction shares one GPU)")  # fmt: skip
+    c.add_grid_arguments(p, "cell", None)
     p.add_argument("--out", default="bench_results",
                    help="output folder; finished cells are kept in <out>/<prefix>_grid/cells and "
                         "a re-run skips them")  # fmt: skip
@@ -132,13 +120,4 @@ def run(args: argparse.Namespace) -> int:
         print(table)
     argv = {k: v for k, v in vars(args).items() if k != "func"}
     write_json(out / f"{args.prefix}_config.json", {"argv": argv, "device": device}, indent=1)
-    print(f"{len(grid.ran)} cells ran, {len(grid.skipped)} were already done, "
-          f"{len(grid.failed)} failed ({grid.seconds:.0f} s)")  # fmt: skip
-    if grid.failed:
-        for key, error in grid.failed.items():
-            print(f"failed cell {key}: {error}", file=sys.stderr)
-        total = len(grid.failed) + len(grid.ran) + len(grid.skipped)
-        print(f"saferl bench: {len(grid.failed)} of {total} cells failed; re-run the same "
-              "command to retry them (finished cells are kept)", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    return c.report_grid(grid, "bench", "cell")

@@ -8,7 +8,6 @@ killed collection resumes and a finished one does no work on a re-run.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from saferl.commands import _checks as c
@@ -71,17 +70,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the learner and every env")
     p.add_argument("--threads", type=c.positive_int, default=1,
                    help="torch threads per task (and the default of --cpus-per-cell)")  # fmt: skip
-    p.add_argument("--workers", type=c.positive_int, default=1,
-                   help="tasks collected side by side as Ray tasks on this machine (1: "
-                        "in-process, no Ray)")  # fmt: skip
-    p.add_argument("--address", default=None,
-                   help="run the tasks on an existing Ray cluster: 'auto' or ray://HOST:PORT "
-                        "(the dataset paths must be on storage the cluster shares)")  # fmt: skip
-    p.add_argument("--cpus-per-cell", type=c.positive_float, default=None,
-                   help="CPUs (and torch threads) a task reserves under Ray (default: "
-                        "--threads)")  # fmt: skip
-    p.add_argument("--gpus-per-cell", type=c.non_negative_float, default=0.0,
-                   help="GPUs a task reserves under Ray (a fraction shares one GPU)")  # fmt: skip
+    c.add_grid_arguments(
+        p, "task", None, " (the dataset paths must be on storage the cluster shares)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -189,16 +180,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{r['seconds']:.0f} s")  # fmt: skip
         else:
             print(f"already collected: {r['path']} ({what})")
-    print(f"{len(grid.ran)} cells ran, {len(grid.skipped)} were already done, "
-          f"{len(grid.failed)} failed ({grid.seconds:.0f} s)")  # fmt: skip
-    if grid.failed:
-        for key, error in grid.failed.items():
-            print(f"failed task {key}: {error}", file=sys.stderr)
-        print(f"saferl collect: {len(grid.failed)} of {len(args.tasks)} tasks failed; re-run "
-              "the same command to retry them (finished tasks are kept)",
-              file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    return c.report_grid(grid, "collect", "task")
 
 
 def write_summary(path: Path, result) -> None:

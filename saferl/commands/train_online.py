@@ -105,18 +105,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write a resumable checkpoint every this many transitions (a "
                              "SIGTERM also writes one, then the run exits with status "
                              f"{RESUMABLE_EXIT})")  # fmt: skip
-    parser.add_argument("--workers", type=c.positive_int, default=1,
-                        help="with --seeds: seeds trained side by side as Ray tasks on this "
-                             "machine (1: in-process, no Ray)")  # fmt: skip
-    parser.add_argument("--address", default=None,
-                        help="with --seeds: train on an existing Ray cluster, 'auto' or "
-                             "ray://HOST:PORT (--out must be on storage the cluster "
-                             "shares)")  # fmt: skip
-    parser.add_argument("--cpus-per-cell", type=c.positive_float, default=1.0,
-                        help="with --seeds: CPUs (and torch threads) a seed reserves")  # fmt: skip
-    parser.add_argument("--gpus-per-cell", type=c.non_negative_float, default=0.0,
-                        help="with --seeds: GPUs a seed reserves under Ray (a fraction shares "
-                             "one GPU)")  # fmt: skip
+    c.add_grid_arguments(
+        parser, "seed", 1.0, " (with --seeds; --out must be on storage the cluster shares)"
+    )
     parser.add_argument("--sb3-zip", action="store_true",
                         help="also save Stable-Baselines3's model.zip (read back with pickle: "
                              "load it only from a trusted source)")  # fmt: skip
@@ -276,13 +267,4 @@ def run_seeds(args: argparse.Namespace, config: TD3Config, device: str) -> int:
         write_json(path, {"config": settings, "seeds": args.seeds, "device": device,
                           "rows": grid.rows, "summary": summary}, indent=1)  # fmt: skip
         print(f"saved {path}; the runs in {Path(args.out) / 'seed<N>'}/")
-    print(f"{len(grid.ran)} cells ran, {len(grid.skipped)} were already done, "
-          f"{len(grid.failed)} failed ({grid.seconds:.0f} s)")  # fmt: skip
-    if grid.failed:
-        for key, error in grid.failed.items():
-            print(f"failed cell {key}: {error}", file=sys.stderr)
-        print(f"saferl train-online: {len(grid.failed)} of {len(args.seeds)} seeds failed; "
-              "re-run the same command to retry them (finished seeds are kept)",
-              file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    return c.report_grid(grid, "train-online", "seed")
