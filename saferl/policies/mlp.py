@@ -43,9 +43,14 @@ class MLPActor(nn.Module):
         self.net = mlp([layout.flat_dim, *self.cfg.hidden, layout.action_dim])
 
     def forward(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.pre_activation(obs))
+
+    def pre_activation(self, obs: Tensor) -> Tensor:
+        """Torques before tanh, (B, L*3), 0 on the torso and padded rows (``forward`` is tanh
+        of this; SAC and PPO use it as a Gaussian mean)."""
         act_mask = graph_view(obs, self.layout)["act_mask"]
-        torques = torch.tanh(self.net(obs)).reshape(-1, self.layout.max_limbs, 3)
-        return (torques * act_mask.unsqueeze(-1)).flatten(1)
+        pre = self.net(obs).reshape(-1, self.layout.max_limbs, 3)
+        return (pre * act_mask.unsqueeze(-1)).flatten(1)
 
 
 class MLPCritic(nn.Module):

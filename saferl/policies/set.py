@@ -234,12 +234,17 @@ class SETActor(nn.Module):
         self.coeff = nn.Linear(self.cfg.width, self.cfg.channels + 2)
 
     def forward(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.pre_activation(obs))
+
+    def pre_activation(self, obs: Tensor) -> Tensor:
+        """Torques before tanh, (B, L*3): the invariant scalars axis_k . u, 0 on the torso and
+        padded rows (``forward`` is tanh of this; SAC and PPO use it as a Gaussian mean)."""
         out = self.backbone(obs)
         coeff = self.coeff(self.norm(out["h"]))  # (B, L, m+2)
         u = torch.einsum("blci,bli->blc", torch.cat([out["z"], out["gd"]], -1), coeff)
         axes = out["vectors"][:, :, AXES, :]  # (B, L, 3 hinges, 3)
-        torques = torch.tanh(torch.einsum("blkc,blc->blk", axes, u))
-        return (torques * out["act_mask"].unsqueeze(-1)).flatten(1)
+        pre = torch.einsum("blkc,blc->blk", axes, u)
+        return (pre * out["act_mask"].unsqueeze(-1)).flatten(1)
 
 
 class SETCritic(nn.Module):

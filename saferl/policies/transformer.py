@@ -93,9 +93,13 @@ class TransformerActor(nn.Module):
         self.head = nn.Linear(self.cfg.width, 3)
 
     def forward(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.pre_activation(obs))
+
+    def pre_activation(self, obs: Tensor) -> Tensor:
+        """Torques before tanh, (B, L*3), 0 on the torso and padded rows (``forward`` is tanh
+        of this; SAC and PPO use it as a Gaussian mean)."""
         out = self.backbone(obs)
-        torques = torch.tanh(self.head(out["h"]))
-        return (torques * out["act_mask"].unsqueeze(-1)).flatten(1)
+        return (self.head(out["h"]) * out["act_mask"].unsqueeze(-1)).flatten(1)
 
 
 class TransformerCritic(nn.Module):
