@@ -36,7 +36,8 @@ class Rollouts:
     ``data``: the DSRL arrays (float32) of every episode, episode after episode (empty when not
     recorded); ``returns``, ``costs``, ``lengths``: undiscounted per-episode sums, shape
     (episodes,); ``terminated``: whether each episode ended by failure; ``last_info``: each
-    episode's final ``info`` dict.
+    episode's final ``info`` dict; ``info_sums``: per-episode sums of the ``info`` entries named
+    in :func:`rollout`'s ``sum_info``, shape (episodes,) each.
     """
 
     returns: np.ndarray
@@ -45,6 +46,13 @@ class Rollouts:
     terminated: np.ndarray
     last_info: list[dict[str, Any]]
     data: dict[str, np.ndarray] = field(default_factory=dict)
+    info_sums: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def info_means(self, key: str) -> np.ndarray:
+        """Per-episode mean over steps of ``info[key]`` (it must be in ``sum_info``)."""
+        if key not in self.info_sums:
+            raise KeyError(f"{key!r} was not summed; pass sum_info=({key!r},) to rollout")
+        return self.info_sums[key] / np.maximum(self.lengths, 1)
 
     def episodes(self) -> list[dict[str, np.ndarray]]:
         """The recorded DSRL arrays split per episode."""
@@ -59,9 +67,10 @@ class Rollouts:
         """The first ``episodes`` episodes."""
         steps = int(self.lengths[:episodes].sum())
         data = {k: v[:steps] for k, v in self.data.items()}
+        sums = {k: v[:episodes] for k, v in self.info_sums.items()}
         return Rollouts(self.returns[:episodes], self.costs[:episodes],
                         self.lengths[:episodes], self.terminated[:episodes],
-                        self.last_info[:episodes], data)  # fmt: skip
+                        self.last_info[:episodes], data, sums)  # fmt: skip
 
     def episode_ids(self) -> np.ndarray:
         """The episode index of every recorded step, shape (N,)."""
@@ -78,11 +87,14 @@ def rollout(
     record: bool = True,
     episode_index: bool = False,
     first_episode: int = 0,
+    sum_info: tuple[str, ...] = (),
 ) -> Rollouts:
     """Run ``episodes`` episodes side by side (see the module docstring).
 
     Episodes are numbered from ``first_episode`` (their reset seed is ``seed`` plus that number);
-    ``episode_index`` passes those numbers to the policy as its second argument.
+    ``episode_index`` passes those numbers to the policy as its second argument. ``sum_info``
+    names ``info`` entries summed per episode into ``Rollouts.info_sums`` (KeyError at the first
+    step that lacks one).
     """
     if not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
@@ -99,13 +111,14 @@ def rollout(
             def act(obs, _):
                 return policy(obs)
 
-        return _run(act, pool, seed, first_episode, max_steps, noise_std, record)
+        return _run(act, pool, seed, first_episode, max_steps, noise_std, record,
+                    tuple(sum_info))  # fmt: skip
     finally:
         for env in pool:
             env.close()
 
 
-def _run(policy, pool, seed, first, max_steps, noise_std, record) -> Rollouts:
+def _run(policy, pool, seed, first, max_steps, noise_std, record, sum_info=()) -> Rollouts:
     n = len(pool)
     rng = np.random.default_rng(seed + first)
     space = pool[0].action_space
@@ -114,6 +127,7 @@ def _run(policy, pool, seed, first, max_steps, noise_std, record) -> Rollouts:
     returns, costs = np.zeros(n), np.zeros(n)
     lengths, terminated = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     last_info: list[dict[str, Any]] = [{} for _ in range(n)]
+    sums = {key: np.zeros(n) for key in sum_info}
     steps: list[list[tuple]] = [[] for _ in range(n)]
     alive = np.ones(n, dtype=bool)
     while alive.any():
@@ -131,6 +145,11 @@ def _run(policy, pool, seed, first, max_steps, noise_std, record) -> Rollouts:
             trunc = bool(trunc) or (max_steps is not None and lengths[i] >= max_steps)
             returns[i] += reward
             costs[i] += info["cost"]
+            for key, total in sums.items():
+                if key not in info:
+                    raise KeyError(f"the env's step info lacks {key!r} (sum_info); it has "
+                                   f"{sorted(info)}")  # fmt: skip
+                total[i] += info[key]
             if record:
                 steps[i].append((obs[i].copy(), nxt, actions[row], reward, info["cost"],
                                  bool(term), bool(trunc and not term)))  # fmt: skip
@@ -138,7 +157,7 @@ def _run(policy, pool, seed, first, max_steps, noise_std, record) -> Rollouts:
             if term or trunc:
                 alive[i], terminated[i], last_info[i] = False, bool(term), info
     data = _arrays([s for episode in steps for s in episode]) if record else {}
-    return Rollouts(returns, costs, lengths, terminated, last_info, data)
+    return Rollouts(returns, costs, lengths, terminated, last_info, data, sums)
 
 
 def rollout_transitions(
@@ -172,10 +191,12 @@ def concatenate_rollouts(parts: list[Rollouts]) -> Rollouts:
     data = {}
     if all(p.data for p in parts):
         data = {k: np.concatenate([p.data[k] for p in parts]) for k in REQUIRED_KEYS}
+    keys = set.intersection(*(set(p.info_sums) for p in parts)) if parts else set()
+    sums = {k: np.concatenate([p.info_sums[k] for p in parts]) for k in sorted(keys)}
     return Rollouts(
         np.concatenate([p.returns for p in parts]), np.concatenate([p.costs for p in parts]),
         np.concatenate([p.lengths for p in parts]), np.concatenate([p.terminated for p in parts]),
-        [i for p in parts for i in p.last_info], data,
+        [i for p in parts for i in p.last_info], data, sums,
     )  # fmt: skip
 
 
