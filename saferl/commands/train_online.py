@@ -1,4 +1,10 @@
-"""``saferl train-online``: multi-morphology TD3 with a SET / transformer / MLP policy.
+"""``saferl train-online``: multi-morphology TD3, SAC or PPO with a SET / transformer / MLP policy.
+
+``--algo td3`` (the default, the reference's learner), ``sac`` (same replay, warm-up and one
+update per transition) or ``ppo`` (on-policy rollouts of ``--n-steps`` per agent, ``--n-epochs``
+passes, SB3's MuJoCo defaults). Off-policy flags (``--learning-starts``, ``--gradient-steps``,
+``--buffer-size``, ``--max-grad-norm``) with ``--algo ppo``, and PPO's flags with td3 or sac, are
+refused; ``--lr`` and ``--batch-size`` default to the algorithm's own values.
 
 ``--seed N`` (the default, 0) trains once and saves into ``--out``; ``--seeds N [N ...]`` trains
 once per seed, each seed a cell of a :mod:`saferl.grid` grid (Ray tasks with ``--workers`` or
@@ -25,28 +31,34 @@ from pathlib import Path
 from envs.locomotion import COST_TYPES
 from saferl.commands import _checks as c
 from saferl.commands._checks import UsageError
-from saferl.online.td3 import WARMUP_PER_AGENT, TD3Config
+from saferl.online.td3 import ALGOS, WARMUP_PER_AGENT, TD3Config
 
 GRID = "seeds_grid"
 """The grid folder of ``--seeds`` under ``--out`` (row files of the finished seeds)."""
 RESUMABLE_EXIT = 75
 """Exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint (EX_TEMPFAIL:
 continue it with ``--resume``)."""
-CONFIG_FLAGS = ("suite", "agents", "policy", "net_config", "steps", "learning_starts",
-                "gradient_steps", "batch_size", "lr", "max_grad_norm", "buffer_size",
-                "eval_episodes", "eval_max_steps", "cost_type", "seed", "seeds", "out")  # fmt: skip
+CONFIG_FLAGS = ("suite", "agents", "policy", "net_config", "steps", "algo", "learning_starts",
+                "gradient_steps", "batch_size", "lr", "max_grad_norm", "buffer_size", "n_steps",
+                "n_epochs", "eval_episodes", "eval_max_steps", "cost_type", "seed", "seeds",
+                "out")  # fmt: skip
 """Flags that set up a run: ``--resume`` takes them from the saved run instead."""
 SUMMARY = "seeds_summary.json"
 """Rows and per-agent mean ± sd over seeds of ``--seeds``, under ``--out``."""
+OFF_POLICY_FLAGS = ("learning_starts", "gradient_steps", "buffer_size", "max_grad_norm")
+"""Flags of TD3 and SAC only (replay, warm-up, update ratio, gradient clip)."""
+PPO_FLAGS = ("n_steps", "n_epochs")
+"""Flags of PPO only."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train-online",
-        help="train one shared policy on a suite of 3D agents with TD3 (SET, transformer, MLP)",
-        description="Train one shared TD3 policy on every training agent of an envs suite, "
-        "then evaluate it on the training and held-out agents. Defaults are 3D-SGRL's TD3 "
-        "hyperparameters.",
+        help="train one shared policy on a suite of 3D agents with TD3, SAC or PPO (SET, "
+        "transformer, MLP)",
+        description="Train one shared policy (TD3, SAC or PPO) on every training agent of an "
+        "envs suite, then evaluate it on the training and held-out agents. Defaults are "
+        "3D-SGRL's TD3 hyperparameters (SAC shares them; PPO uses SB3's MuJoCo defaults).",
     )
     defaults = TD3Config()
     parser.add_argument("--suite", default=defaults.suite, help="suite of envs.catalogue()")
@@ -60,9 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the policy's reference sizes)")  # fmt: skip
     parser.add_argument("--steps", type=c.positive_int, default=defaults.total_steps,
                         help="transitions over all agents")  # fmt: skip
-    parser.add_argument("--algo", default="td3", choices=["td3"],
-                        help="off-policy algorithm (TD3 is the reference's; SAC and PPO with "
-                             "these networks are not built yet)")  # fmt: skip
+    parser.add_argument("--algo", default=defaults.algo, choices=ALGOS,
+                        help="learner: td3 (the reference's), sac (SB3's SAC, same replay, "
+                             "warm-up and update ratio) or ppo (SB3's PPO)")  # fmt: skip
     parser.add_argument("--learning-starts", type=c.non_negative_int, default=None,
                         help="uniform random transitions (over all training agents) before "
                              f"learning (default: {WARMUP_PER_AGENT} per training agent, the "
@@ -70,14 +82,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gradient-steps", type=c.positive_int, default=None,
                         help="updates after each step of all agents (default: the number of "
                              "training agents, i.e. one update per transition)")  # fmt: skip
-    parser.add_argument("--batch-size", type=c.positive_int, default=defaults.batch_size,
-                        help="minibatch size")  # fmt: skip
-    parser.add_argument("--lr", type=c.positive_float, default=defaults.learning_rate,
-                        help="Adam step size")  # fmt: skip
-    parser.add_argument("--max-grad-norm", type=c.positive_float, default=defaults.max_grad_norm,
-                        help="gradient-norm clip")  # fmt: skip
-    parser.add_argument("--buffer-size", type=c.positive_int, default=defaults.buffer_size,
-                        help="replay buffer capacity")  # fmt: skip
+    parser.add_argument("--batch-size", type=c.positive_int, default=None,
+                        help=f"minibatch size (default: {defaults.batch_size} for td3 and sac, "
+                             f"{defaults.ppo_batch_size} for ppo)")  # fmt: skip
+    parser.add_argument("--lr", type=c.positive_float, default=None,
+                        help=f"Adam step size (default: {defaults.learning_rate:g} for td3 and "
+                             f"sac, {defaults.ppo_learning_rate:g} for ppo)")  # fmt: skip
+    parser.add_argument("--max-grad-norm", type=c.positive_float, default=None,
+                        help=f"gradient-norm clip of td3 and sac (default: "
+                             f"{defaults.max_grad_norm:g})")  # fmt: skip
+    parser.add_argument("--buffer-size", type=c.positive_int, default=None,
+                        help=f"replay buffer capacity of td3 and sac (default: "
+                             f"{defaults.buffer_size})")  # fmt: skip
+    parser.add_argument("--n-steps", type=c.positive_int, default=None,
+                        help=f"ppo: steps of every agent per rollout (default: "
+                             f"{defaults.n_steps})")  # fmt: skip
+    parser.add_argument("--n-epochs", type=c.positive_int, default=None,
+                        help="ppo: passes over each rollout (default: "
+                             f"{defaults.n_epochs})")  # fmt: skip
     parser.add_argument("--eval-episodes", type=c.positive_int, default=defaults.eval_episodes,
                         help="evaluation episodes per agent")  # fmt: skip
     parser.add_argument("--eval-max-steps", type=c.positive_int, default=None,
@@ -132,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
                          "one seed on Ray, give --seeds N")  # fmt: skip
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds must name each seed once, got {' '.join(map(str, args.seeds))}")
+    check_algo_flags(args)
     names = ["model.safetensors", "config.json", "metrics.json"]
     names += ["model.zip"] if args.sb3_zip else []
     out = c.check_output_dir(args.out, "--out folder")
@@ -153,21 +176,42 @@ def run(args: argparse.Namespace) -> int:
             for name in names:
                 c.check_output_file(out / f"seed{seed}" / name, "output file")
     with c.user_errors():
-        config = TD3Config(
-            suite=args.suite, agents=args.agents, policy=args.policy, net_config=args.net_config,
-            total_steps=args.steps, learning_starts=args.learning_starts,
-            gradient_steps=args.gradient_steps,
-            batch_size=args.batch_size, learning_rate=args.lr, max_grad_norm=args.max_grad_norm,
-            buffer_size=args.buffer_size, eval_episodes=args.eval_episodes,
-            eval_max_steps=args.eval_max_steps,
-            cost_type=args.cost_type, seed=args.seed,
-        )  # fmt: skip
+        config = config_of(args)
         validate(config)  # suite, agents, policy kind and --net-config fields
     if args.seeds is not None:
         if args.workers > 1 or args.address:
             c.check_ray()
         return run_seeds(args, config, device)
     return train_one(args, config, device, Path(args.out), resumed=False)
+
+
+def check_algo_flags(args: argparse.Namespace) -> None:
+    """One-line errors for flags the chosen ``--algo`` does not use."""
+    ppo = args.algo == "ppo"
+    wrong = [n for n in (OFF_POLICY_FLAGS if ppo else PPO_FLAGS) if getattr(args, n) is not None]
+    if wrong:
+        flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
+        kind = "off-policy flags of td3 and sac" if ppo else "flags of --algo ppo"
+        raise UsageError(f"{flags}: {kind}, not used by --algo {args.algo}")
+
+
+def config_of(args: argparse.Namespace) -> TD3Config:
+    """The run's config from the flags (those not given keep the config's defaults; ``--lr``
+    and ``--batch-size`` set PPO's own fields with ``--algo ppo``)."""
+    ppo = args.algo == "ppo"
+    given = {
+        "learning_starts": args.learning_starts, "gradient_steps": args.gradient_steps,
+        "max_grad_norm": args.max_grad_norm, "buffer_size": args.buffer_size,
+        "n_steps": args.n_steps, "n_epochs": args.n_epochs,
+        "ppo_learning_rate" if ppo else "learning_rate": args.lr,
+        "ppo_batch_size" if ppo else "batch_size": args.batch_size,
+    }  # fmt: skip
+    return TD3Config(
+        suite=args.suite, agents=args.agents, policy=args.policy, net_config=args.net_config,
+        algo=args.algo, total_steps=args.steps, eval_episodes=args.eval_episodes,
+        eval_max_steps=args.eval_max_steps, cost_type=args.cost_type, seed=args.seed,
+        **{name: value for name, value in given.items() if value is not None},
+    )  # fmt: skip
 
 
 def resume_run(args: argparse.Namespace, device: str) -> int:
@@ -198,11 +242,16 @@ def train_one(
     from saferl.online.td3 import budget, save_run, train
 
     plan = budget(config)
-    print(json.dumps({"algo": args.algo, **dataclasses.asdict(config)}))
-    print(f"budget: {plan['transitions']} transitions over {plan['envs']} agents, "
-          f"{plan['learning_starts']} random warm-up transitions, {plan['updates']} updates "
-          f"({plan['gradient_steps']} per step of all agents: {plan['update_to_data']:g} update "
-          f"per transition); checkpoints every {args.checkpoint_every} transitions in "
+    print(json.dumps(dataclasses.asdict(config)))
+    if config.algo == "ppo":
+        ratio = (f"{plan['gradient_steps']} per rollout of {plan['rollout']} transitions: "
+                 f"{plan['update_to_data']:.3g} update per transition")  # fmt: skip
+    else:
+        ratio = (f"{plan['gradient_steps']} per step of all agents: {plan['update_to_data']:g} "
+                 "update per transition")  # fmt: skip
+    print(f"budget ({config.algo}): {plan['transitions']} transitions over {plan['envs']} "
+          f"agents, {plan['learning_starts']} random warm-up transitions, {plan['updates']} "
+          f"updates ({ratio}); checkpoints every {args.checkpoint_every} transitions in "
           f"{out / 'checkpoints'}")  # fmt: skip
     stop = threading.Event()
 
@@ -225,7 +274,7 @@ def train_one(
               f"{result.run['checkpoint']}")  # fmt: skip
         print(f"resume with: saferl train-online --resume {out}", flush=True)
         return RESUMABLE_EXIT
-    print(f"trained {config.policy} on {config.suite} for {done} transitions "
+    print(f"trained {config.policy} with {config.algo} on {config.suite} for {done} transitions "
           f"({result.run['updates_done']} updates) in {result.seconds:.0f} s; "
           f"{len(result.episodes)} training episodes")  # fmt: skip
     for agent, stats in result.evaluation.items():

@@ -1,8 +1,10 @@
-"""Online RL on the 3D locomotion suites: multi-morphology TD3 with SET / baseline policies,
-several seeds as a resumable grid (:func:`run_seeds`, one :func:`train_cell` per seed); a run
-with ``out=`` checkpoints itself and resumes (:mod:`saferl.online.resume`)."""
+"""Online RL on the 3D locomotion suites: multi-morphology TD3 (the reference), SAC or PPO
+(``TD3Config.algo``) with SET / baseline policies, several seeds as a resumable grid
+(:func:`run_seeds`, one :func:`train_cell` per seed); a run with ``out=`` checkpoints itself
+and resumes (:mod:`saferl.online.resume`)."""
 
 from saferl.online.td3 import (
+    ALGOS,
     EpisodeRecorder,
     TD3Config,
     TrainResult,
@@ -21,9 +23,11 @@ from saferl.online.td3 import (
     suite_max_limbs,
     train,
     train_cell,
+    updates_made,
 )
 
 __all__ = [
+    "ALGOS",
     "EpisodeRecorder",
     "TD3Config",
     "TrainResult",
@@ -42,4 +46,5 @@ __all__ = [
     "suite_max_limbs",
     "train",
     "train_cell",
+    "updates_made",
 ]

@@ -1,10 +1,11 @@
-"""Resumable online runs: checkpoints of a whole SB3 off-policy run, written atomically.
+"""Resumable online runs: checkpoints of a whole SB3 run (TD3, SAC, PPO), written atomically.
 
 A run folder ``out`` keeps its checkpoints in ``out/checkpoints/``::
 
     latest                 one line: the name of the current checkpoint folder (atomic swap)
-    step000000010000-3fa2/ model.safetensors: policy weights (actor, critics, targets), the
-                           optimisers' state tensors, torch's RNG state;
+    step000000010000-3fa2/ model.safetensors: policy weights (actor, critics, targets, value),
+                           the optimisers' state tensors (:func:`optimizers`), SAC's entropy
+                           coefficient, torch's RNG state;
                            config.json: the run's config, step and update counters, the RNG
                            states of numpy, ``random``, every env and the action space, the
                            episodes and losses recorded so far and the replay chunks in use
@@ -20,7 +21,10 @@ back with pickle (``np.load(..., allow_pickle=False)``, safetensors, JSON).
 
 What a resumed run does not carry over: the episodes in progress at the checkpoint. The envs
 are reset on resume (their RNG streams continue where they were), so each agent starts a fresh
-episode; the transitions of the interrupted episodes stay in the replay buffer.
+episode; the transitions of the interrupted episodes stay in the replay buffer. An on-policy run
+(PPO) has no replay buffer: it is checkpointed at rollout boundaries, where the policy and its
+optimiser are all the state there is; stopped inside a rollout, it saves the state of that
+rollout's start and the resumed run collects the rollout again.
 """
 
 from __future__ import annotations
@@ -159,6 +163,40 @@ def load_optimizer_tensors(
     full = optimizer.state_dict()
     full["state"] = state
     optimizer.load_state_dict(full)
+
+
+def optimizers(model: Any) -> dict[str, torch.optim.Optimizer]:
+    """The optimisers of an SB3 model that a checkpoint carries, by name: ``actor`` and
+    ``critic`` (TD3, SAC), ``ent_coef`` (SAC with a learned entropy coefficient), ``policy``
+    (PPO: one optimiser for the policy net, its log-std and the value net)."""
+    if hasattr(model, "replay_buffer"):
+        named = {"actor": model.actor.optimizer, "critic": model.critic.optimizer}
+        if getattr(model, "ent_coef_optimizer", None) is not None:
+            named["ent_coef"] = model.ent_coef_optimizer
+        return named
+    return {"policy": model.policy.optimizer}
+
+
+def model_tensors(model: Any) -> dict[str, torch.Tensor]:
+    """Everything trainable of an SB3 model as named tensors: ``policy.*`` (the policy's state
+    dict, targets included), ``optim.*`` (:func:`optimizers`) and SAC's ``sac.log_ent_coef``."""
+    tensors = {f"policy.{k}": v for k, v in model.policy.state_dict().items()}
+    for name, optimizer in optimizers(model).items():
+        tensors.update(optimizer_tensors(name, optimizer))
+    if getattr(model, "log_ent_coef", None) is not None:
+        tensors["sac.log_ent_coef"] = model.log_ent_coef.detach()
+    return tensors
+
+
+def load_model_tensors(model: Any, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Put :func:`model_tensors` back into a freshly built model of the same config."""
+    policy = {k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")}
+    model.policy.load_state_dict(policy)
+    for name, optimizer in optimizers(model).items():
+        load_optimizer_tensors(name, optimizer, tensors)
+    if getattr(model, "log_ent_coef", None) is not None:
+        with torch.no_grad():  # in place: the entropy optimiser holds this tensor
+            model.log_ent_coef.copy_(tensors["sac.log_ent_coef"])
 
 
 # --------------------------------------------------------------------------- replay buffer

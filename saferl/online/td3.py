@@ -7,6 +7,13 @@ the graph view inside its forward pass (3D-SGRL's multi-task setting). Stable-Ba
 does the update math; :class:`saferl.policies.LimbTD3Policy` supplies the networks.
 Zero-shot evaluation runs the trained policy on the suite's held-out agents.
 
+``TD3Config.algo`` picks the learner: "td3" (the reference), or SB3's "sac" (same replay,
+warm-up and update-to-data ratio; :class:`saferl.policies.LimbSACPolicy`) or "ppo" (on-policy
+rollouts, SB3's MuJoCo defaults; :class:`saferl.policies.LimbActorCriticPolicy`), all with the
+same network kinds. Every algorithm's deterministic action is its policy net's output
+(:func:`saferl.policies.deterministic_net`): evaluation and the saved actor do not depend on the
+algorithm.
+
 Several seeds are a grid (:mod:`saferl.grid`): :func:`train_cell` trains and evaluates one seed;
 :func:`run_seeds` runs one such cell per seed, in this process or as Ray tasks, and
 :func:`seed_summary` averages the evaluations over the seeds.
@@ -23,24 +30,38 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3 import TD3
+from stable_baselines3 import PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs
+from envs.layout import ACTIONS_PER_LIMB
 from saferl.common.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_checkpoint
 from saferl.common.io import atomic_write, write_json
 from saferl.common.runtime import resolve_device, seeded, torch_threads, versions
 from saferl.data.rollout import rollout
 from saferl.grid import Cell, GridResult, run_grid
 from saferl.online import resume
-from saferl.policies import KINDS, ClippedAdam, LimbTD3Policy, make_config
+from saferl.policies import (
+    KINDS,
+    ClippedAdam,
+    LimbActorCriticPolicy,
+    LimbSACPolicy,
+    LimbTD3Policy,
+    deterministic_net,
+    make_config,
+)
+
+ALGOS = ("td3", "sac", "ppo")
+"""Learners of ``TD3Config.algo``: TD3 (the reference), SB3's SAC and PPO."""
 
 
 @dataclass
 class TD3Config:
-    """Multi-morphology TD3; defaults are 3D-SGRL's TD3 hyperparameters."""
+    """Multi-morphology online RL (TD3, SAC or PPO); defaults are 3D-SGRL's TD3
+    hyperparameters (SAC shares them; PPO has its own fields, SB3's MuJoCo defaults)."""
 
     suite: str = "Hopper++"
     """Suite of ``envs.catalogue()`` (its training agents step together)."""
@@ -51,10 +72,15 @@ class TD3Config:
     """Policy kind: "set", "transformer" or "mlp"."""
     net_config: dict[str, Any] | None = None
     """Network sizes of the policy kind (None = reference sizes)."""
+    algo: str = "td3"
+    """Learner: "td3" (the reference), "sac" (SB3's SAC with the same replay, warm-up, update
+    ratio, learning rate, batch and gradient clip as TD3; entropy coefficient learned towards
+    minus the mean number of actuated hinges) or "ppo" (SB3's PPO: the ``n_steps``,
+    ``n_epochs``, ``ppo_batch_size`` and ``ppo_learning_rate`` fields, SB3's other defaults)."""
     total_steps: int = 5_000_000
     """Environment transitions over all agents (the paper's budget is about 5e6)."""
     learning_rate: float = 1e-4
-    """Adam step size of actor and critic."""
+    """Adam step size of actor and critic (TD3, SAC; SAC's entropy coefficient too)."""
     batch_size: int = 256
     """Minibatch size of each update."""
     gamma: float = 0.99
@@ -79,6 +105,14 @@ class TD3Config:
     gradient_steps: int | None = None
     """Updates after each vector-env step (one transition per training agent); None = the
     number of training agents, i.e. one update per transition (the reference's ratio)."""
+    n_steps: int = 2048
+    """PPO: vector steps per rollout (each gives one transition per training agent)."""
+    n_epochs: int = 10
+    """PPO: passes over each rollout."""
+    ppo_batch_size: int = 64
+    """PPO: minibatch size of each gradient step."""
+    ppo_learning_rate: float = 3e-4
+    """PPO: Adam step size (policy net, log-std and value net)."""
     max_limbs: int | None = None
     """Padding of the flat view; None = the largest agent of the suite."""
     cost_type: str = "velocity"
@@ -95,7 +129,7 @@ class TD3Config:
 class TrainResult:
     """What :func:`train` returns: the SB3 model, its history and final evaluation."""
 
-    model: TD3
+    model: BaseAlgorithm
     config: TD3Config
     episodes: list[dict[str, Any]] = field(default_factory=list)
     losses: list[dict[str, float]] = field(default_factory=list)
@@ -171,13 +205,18 @@ class EpisodeRecorder(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         values = self.model.logger.name_to_value
-        updates = int(getattr(self.model, "_n_updates", 0))
-        if "train/critic_loss" in values and updates != self._updates_seen:
+        updates = updates_made(self.model)
+        critic, actor = "train/critic_loss", "train/actor_loss"
+        if "train/value_loss" in values:  # PPO: V's loss and the clipped surrogate
+            critic, actor = "train/value_loss", "train/policy_gradient_loss"
+        if critic in values and updates != self._updates_seen:
             self._updates_seen = updates
             entry = {"step": int(self.num_timesteps), "updates": updates}
-            entry["critic_loss"] = float(values["train/critic_loss"])
-            if "train/actor_loss" in values:
-                entry["actor_loss"] = float(values["train/actor_loss"])
+            entry["critic_loss"] = float(values[critic])
+            if actor in values:
+                entry["actor_loss"] = float(values[actor])
+            if "train/ent_coef" in values:  # SAC
+                entry["ent_coef"] = float(values["train/ent_coef"])
             self.losses.append(entry)
 
 
@@ -191,16 +230,27 @@ def train_agents_of(config: TD3Config) -> list[str]:
 
 
 def budget(config: TD3Config) -> dict[str, Any]:
-    """The run's budget as resolved from ``config``: transitions, agents (envs), warm-up
+    """The run's budget as resolved from ``config``: algo, transitions, agents (envs), warm-up
     transitions, updates per vector step, the update-to-data ratio (updates per transition
-    after the warm-up) and the number of gradient updates the run will make."""
+    after the warm-up) and the number of gradient updates the run will make. PPO: no warm-up;
+    ``rollout`` transitions per rollout, ``gradient_steps`` minibatch updates per rollout
+    (epochs x minibatches), ``update_to_data`` their ratio."""
     n_envs = len(train_agents_of(config))
+    if config.algo == "ppo":
+        rollout = config.n_steps * n_envs
+        rollouts = -(-config.total_steps // rollout)  # SB3 collects whole rollouts until >= total
+        per_rollout = config.n_epochs * -(-rollout // config.ppo_batch_size)
+        return {"algo": "ppo", "transitions": rollouts * rollout, "envs": n_envs,
+                "learning_starts": 0, "rollout": rollout, "gradient_steps": per_rollout,
+                "update_to_data": per_rollout / rollout,
+                "updates": rollouts * per_rollout}  # fmt: skip
     warmup = WARMUP_PER_AGENT * n_envs if config.learning_starts is None else config.learning_starts
     per_step = n_envs if config.gradient_steps is None else config.gradient_steps
     vector_steps = -(-config.total_steps // n_envs)  # SB3 steps all envs until >= total
     # SB3 trains after vector step k once k * n_envs > warmup transitions were collected
     trained_steps = max(0, vector_steps - warmup // n_envs)
     return {
+        "algo": config.algo,
         "transitions": vector_steps * n_envs,
         "envs": n_envs,
         "learning_starts": warmup,
@@ -210,52 +260,89 @@ def budget(config: TD3Config) -> dict[str, Any]:
     }
 
 
+def target_entropy(agents: Sequence[str]) -> float:
+    """SAC's entropy target: minus the mean number of actuated hinges of ``agents`` (SB3's
+    "auto" rule, -dim(A), counted over the hinges the policy moves: the torso and padded
+    action rows carry no noise)."""
+    hinges = [ACTIONS_PER_LIMB * (envs.get_morphology(a).num_limbs - 1) for a in agents]
+    return -float(np.mean(hinges))
+
+
 def build_model(
     config: TD3Config, vec_env: DummyVecEnv, device: str | None = None, verbose: int = 0
-) -> TD3:
-    """SB3 TD3 with a :class:`LimbTD3Policy` of ``config.policy`` on ``vec_env``
-    (``learning_starts`` and ``gradient_steps`` resolved as :func:`budget` says)."""
+) -> BaseAlgorithm:
+    """SB3's TD3, SAC or PPO (``config.algo``) with the limb-graph policy of ``config.policy``
+    on ``vec_env`` (TD3, SAC: ``learning_starts`` and ``gradient_steps`` resolved as
+    :func:`budget` says)."""
     make_config(config.policy, config.net_config)  # clear error on a bad kind / field
-    n_actions = vec_env.action_space.shape[0]
-    noise = NormalActionNoise(np.zeros(n_actions), config.exploration_noise * np.ones(n_actions))
+    common = {"gamma": config.gamma, "seed": config.seed, "device": resolve_device(device),
+              "verbose": verbose}  # fmt: skip
+    nets = {"kind": config.policy, "net_config": config.net_config}
+    if config.algo == "ppo":
+        return PPO(LimbActorCriticPolicy, vec_env, learning_rate=config.ppo_learning_rate,
+                   n_steps=config.n_steps, batch_size=config.ppo_batch_size,
+                   n_epochs=config.n_epochs, policy_kwargs=nets, **common)  # fmt: skip
     n_envs = vec_env.num_envs
     warmup = WARMUP_PER_AGENT * n_envs if config.learning_starts is None else config.learning_starts
     per_step = n_envs if config.gradient_steps is None else config.gradient_steps
+    off_policy = {
+        "learning_rate": config.learning_rate,
+        "buffer_size": config.buffer_size,
+        "learning_starts": warmup,
+        "batch_size": config.batch_size,
+        "tau": config.tau,
+        "train_freq": 1,
+        "gradient_steps": per_step,
+        "policy_kwargs": {
+            **nets,
+            "optimizer_class": ClippedAdam,
+            "optimizer_kwargs": {"max_grad_norm": config.max_grad_norm},
+        },
+    }
+    if config.algo == "sac":
+        entropy = target_entropy(train_agents_of(config))
+        return SAC(LimbSACPolicy, vec_env, target_entropy=entropy, **off_policy, **common)
+    n_actions = vec_env.action_space.shape[0]
+    noise = NormalActionNoise(np.zeros(n_actions), config.exploration_noise * np.ones(n_actions))
     return TD3(
         LimbTD3Policy,
         vec_env,
-        learning_rate=config.learning_rate,
-        buffer_size=config.buffer_size,
-        learning_starts=warmup,
-        batch_size=config.batch_size,
-        tau=config.tau,
-        gamma=config.gamma,
-        train_freq=1,
-        gradient_steps=per_step,
         action_noise=noise,
         policy_delay=config.policy_delay,
         target_policy_noise=config.target_noise,
         target_noise_clip=config.noise_clip,
-        policy_kwargs={
-            "kind": config.policy,
-            "net_config": config.net_config,
-            "optimizer_class": ClippedAdam,
-            "optimizer_kwargs": {"max_grad_norm": config.max_grad_norm},
-        },
-        seed=config.seed,
-        device=resolve_device(device),
-        verbose=verbose,
+        **off_policy,
+        **common,
     )
+
+
+def updates_made(model: BaseAlgorithm) -> int:
+    """Gradient steps ``model`` has made: SB3's ``_n_updates``, except that PPO counts epochs
+    there (each is ceil(rollout / batch_size) minibatch steps)."""
+    if isinstance(model, PPO):
+        return int(model._n_updates) * -(-model.n_steps * model.n_envs // model.batch_size)
+    return int(model._n_updates)
 
 
 def validate(config: TD3Config) -> None:
     """Clear errors for a bad config, before any env is built."""
+    if config.algo not in ALGOS:
+        raise KeyError(f"unknown algo {config.algo!r}; expected one of {list(ALGOS)}")
     if config.policy not in KINDS:
         raise KeyError(f"unknown policy {config.policy!r}; expected one of {sorted(KINDS)}")
     make_config(config.policy, config.net_config)
-    for name in ("total_steps", "batch_size", "buffer_size", "policy_delay"):
+    for name in ("total_steps", "batch_size", "buffer_size", "policy_delay", "n_steps",
+                 "n_epochs"):  # fmt: skip
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.ppo_batch_size < 2:  # PPO normalises advantages over each minibatch
+        raise ValueError(f"ppo_batch_size must be >= 2, got {config.ppo_batch_size}")
+    if not config.learning_rate > 0 or not config.ppo_learning_rate > 0:
+        raise ValueError(f"learning rates must be > 0, got {config.learning_rate} and "
+                         f"{config.ppo_learning_rate}")  # fmt: skip
+    if config.algo == "ppo" and config.n_steps * len(train_agents_of(config)) < 2:
+        raise ValueError(f"a PPO rollout needs >= 2 transitions: n_steps {config.n_steps} x "
+                         f"{len(train_agents_of(config))} agents")  # fmt: skip
     if config.gradient_steps is not None and config.gradient_steps < 1:
         raise ValueError(f"gradient_steps must be >= 1 (or None), got {config.gradient_steps}")
     if config.learning_starts is not None and config.learning_starts < 0:
@@ -271,7 +358,10 @@ class Checkpointer(BaseCallback):
     """Writes a resumable checkpoint of the run into ``out`` (:mod:`saferl.online.resume`)
     every ``every`` transitions, at the end of training, and when ``stop()`` turns true (then
     training stops). It saves between a finished update and the next env step, where the
-    replay buffer, the counters and the networks agree."""
+    replay buffer, the counters and the networks agree. An on-policy run (PPO) saves at rollout
+    boundaries; ``stop()`` is also asked at each of its steps, and a stop inside a rollout saves
+    the state of the rollout's start (the policy has not changed since; the resumed run collects
+    that rollout again)."""
 
     def __init__(
         self,
@@ -292,16 +382,24 @@ class Checkpointer(BaseCallback):
         self.seconds_before = seconds  # training seconds of earlier sessions of this run
         self._start = time.perf_counter()
         self.last: Path | None = None
+        self.rollout_start: int | None = None  # on-policy: transitions at the rollout's start
 
     def _on_training_start(self) -> None:
         self.saved_at = self.num_timesteps if self.saved_at is None else self.saved_at
         self._start = time.perf_counter()
 
     def _on_step(self) -> bool:
+        inside = self.rollout_start is not None and not self.stopped
+        if inside and self.stop is not None and self.stop():
+            if self.rollout_start != self.saved_at:
+                self.save(self.rollout_start)
+            self.stopped = True
         return not self.stopped
 
     def _on_rollout_start(self) -> None:
         step = self.num_timesteps
+        if not hasattr(self.model, "replay_buffer"):
+            self.rollout_start = step
         if self.stop is not None and self.stop():
             if step != self.saved_at:
                 self.save()
@@ -316,25 +414,26 @@ class Checkpointer(BaseCallback):
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self._start
 
-    def save(self) -> Path:
-        model: TD3 = self.model
-        buffer = model.replay_buffer
-        rows = self.num_timesteps // model.n_envs
-        chunk = resume.save_replay_chunk(resume.checkpoint_root(self.out), buffer,
-                                         self.rows_saved, rows)  # fmt: skip
-        chunks = self.chunks + ([chunk] if chunk else [])
-        self.chunks = resume.live_chunks(chunks, rows, buffer.buffer_size)
-        self.rows_saved = rows
+    def save(self, step: int | None = None) -> Path:
+        """Checkpoint the run as of ``step`` transitions (None = now; an on-policy run stopped
+        inside a rollout passes the rollout's start)."""
+        model: BaseAlgorithm = self.model
+        step = int(self.num_timesteps if step is None else step)
+        rows = step // model.n_envs
+        if hasattr(model, "replay_buffer"):
+            buffer = model.replay_buffer
+            chunk = resume.save_replay_chunk(resume.checkpoint_root(self.out), buffer,
+                                             self.rows_saved, rows)  # fmt: skip
+            chunks = self.chunks + ([chunk] if chunk else [])
+            self.chunks = resume.live_chunks(chunks, rows, buffer.buffer_size)
+            self.rows_saved = rows
         rng_json, rng_tensors = resume.global_rng_states()
-        tensors = {f"policy.{k}": v for k, v in model.policy.state_dict().items()}
-        tensors.update(resume.optimizer_tensors("actor", model.actor.optimizer))
-        tensors.update(resume.optimizer_tensors("critic", model.critic.optimizer))
-        tensors.update(rng_tensors)
+        tensors = {**resume.model_tensors(model), **rng_tensors}
         rec, space_rng = self.recorder, model.action_space.np_random
         state = {
             "td3": dataclasses.asdict(self.config),
             "budget": budget(self.config),
-            "num_timesteps": int(self.num_timesteps),
+            "num_timesteps": step,
             "n_updates": int(model._n_updates),
             "episode_num": int(model._episode_num),
             "rows": rows,
@@ -344,28 +443,27 @@ class Checkpointer(BaseCallback):
                 "envs": resume.env_rng_states(model.env),
                 "action_space": resume.jsonable_rng(space_rng.bit_generator.state),
             },
-            "episodes": rec.episodes,
+            "episodes": [e for e in rec.episodes if e["step"] <= step],
             "losses": rec.losses,
             "seconds": self.seconds(),
             "obs_dim": int(model.observation_space.shape[0]),
             "versions": versions(),
         }
-        self.last = resume.write_checkpoint(self.out, int(self.num_timesteps), tensors, state)
-        self.saved_at = int(self.num_timesteps)
+        self.last = resume.write_checkpoint(self.out, step, tensors, state)
+        self.saved_at = step
         return self.last
 
 
-def restore(model: TD3, out: str | Path, recorder: EpisodeRecorder) -> dict[str, Any]:
+def restore(model: BaseAlgorithm, out: str | Path, recorder: EpisodeRecorder) -> dict[str, Any]:
     """Load the newest checkpoint in ``out`` into a freshly built ``model`` (same config):
-    weights, optimiser states, replay buffer, counters, RNG states (the global ones are set:
-    call inside :func:`saferl.common.runtime.seeded`) and the recorder's history."""
+    weights, optimiser states (SAC: and the entropy coefficient), replay buffer (off-policy),
+    counters, RNG states (the global ones are set: call inside
+    :func:`saferl.common.runtime.seeded`) and the recorder's history."""
     tensors, state = resume.read_checkpoint(out)
-    policy = {k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")}
-    model.policy.load_state_dict(policy)
-    resume.load_optimizer_tensors("actor", model.actor.optimizer, tensors)
-    resume.load_optimizer_tensors("critic", model.critic.optimizer, tensors)
-    resume.load_replay(resume.checkpoint_root(out), model.replay_buffer,
-                       state["replay_chunks"], state["rows"])  # fmt: skip
+    resume.load_model_tensors(model, tensors)
+    if hasattr(model, "replay_buffer"):
+        resume.load_replay(resume.checkpoint_root(out), model.replay_buffer,
+                           state["replay_chunks"], state["rows"])  # fmt: skip
     model.num_timesteps = int(state["num_timesteps"])
     model._n_updates = int(state["n_updates"])
     model._episode_num = int(state["episode_num"])
@@ -468,7 +566,7 @@ def _train(
     run = {
         **plan,
         "transitions_done": int(model.num_timesteps),
-        "updates_done": int(model._n_updates),
+        "updates_done": updates_made(model),
         "checkpoint": str(checkpointer.last) if checkpointer and checkpointer.last else None,
     }
     if checkpointer is not None and checkpointer.stopped:
@@ -479,7 +577,8 @@ def _train(
     if config.eval_episodes > 0:
         for split, agents in (("train", train_agents), ("heldout", heldout)):
             for agent in agents:
-                stats = evaluate(model.policy.actor, agent, max_limbs, config.eval_episodes,
+                stats = evaluate(deterministic_net(model.policy), agent, max_limbs,
+                                 config.eval_episodes,
                                  seed=10_000 + config.seed, cost_type=config.cost_type,
                                  max_steps=config.eval_max_steps)  # fmt: skip
                 evaluation[agent] = {**stats, "split": split}
@@ -526,12 +625,14 @@ def save_run(result: TrainResult, folder: str, sb3_zip: bool = False) -> dict[st
     format) and ``metrics.json``; with ``sb3_zip`` also Stable-Baselines3's ``model.zip`` (the
     whole algorithm, to continue training). Returns the paths.
 
-    ``model.zip`` is read back with pickle by ``TD3.load``: load it only from a source you trust.
-    :func:`load_actor` reads the safetensors checkpoint and unpickles nothing.
+    The actor is the policy net giving the deterministic action of any ``config.algo``
+    (:func:`saferl.policies.deterministic_net`), so one format serves TD3, SAC and PPO.
+    ``model.zip`` is read back with pickle by SB3's ``load``: load it only from a source you
+    trust. :func:`load_actor` reads the safetensors checkpoint and unpickles nothing.
     """
     folder_path = Path(folder)
     obs_dim = int(result.model.observation_space.shape[0])
-    save_checkpoint(folder_path, result.model.policy.actor.mu,
+    save_checkpoint(folder_path, deterministic_net(result.model.policy),
                     {"td3": dataclasses.asdict(result.config), "obs_dim": obs_dim,
                      "budget": budget(result.config),
                      "versions": versions()}, kind="td3_actor")  # fmt: skip
@@ -547,7 +648,9 @@ def save_run(result: TrainResult, folder: str, sb3_zip: bool = False) -> dict[st
 
 
 def load_actor(folder: str, device: str | None = None) -> torch.nn.Module:
-    """The actor saved by :func:`save_run` (safetensors + JSON; nothing is unpickled)."""
+    """The actor saved by :func:`save_run` (safetensors + JSON; nothing is unpickled): flat
+    obs (B, flat_dim) -> the deterministic action (B, L*3) in [-1, 1] of whichever algo
+    trained it."""
     from gymnasium import spaces
 
     from envs.layout import ObsLayout
