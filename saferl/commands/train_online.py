@@ -296,7 +296,8 @@ def run_seeds(args: argparse.Namespace, config: TD3Config, device: str) -> int:
     grid_kwargs = {"device": device, "out": args.out, "sb3_zip": args.sb3_zip,
                    "workers": args.workers, "address": args.address,
                    "cpus_per_cell": args.cpus_per_cell,
-                   "gpus_per_cell": args.gpus_per_cell}  # fmt: skip
+                   "gpus_per_cell": args.gpus_per_cell,
+                   "checkpoint_every": args.checkpoint_every}  # fmt: skip
     grid = run_grid(config, args.seeds, Path(args.out) / GRID, **grid_kwargs)
     for row in grid.rows:
         print(f"  seed {row['seed']:<4d} {row['split']:8s} {row['agent']:14s} return "

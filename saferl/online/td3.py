@@ -123,6 +123,10 @@ class TD3Config:
     """Episodes per agent in the final evaluation."""
     eval_max_steps: int | None = None
     """Cap on evaluation episode length (None = the env's 1000-step limit)."""
+    eval_every: int | None = None
+    """Also evaluate (``eval_episodes`` deterministic episodes per training and held-out agent)
+    every this many transitions during training: the learning curve in ``TrainResult.curve``
+    (None = only the final evaluation)."""
 
 
 @dataclass
@@ -140,6 +144,9 @@ class TrainResult:
     and the newest ``checkpoint`` folder (None without ``out``)."""
     interrupted: bool = False
     """True when ``stop()`` ended the run early (a checkpoint was written; no evaluation)."""
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    """With ``config.eval_every``: one row per (evaluation, agent): ``step`` (transitions),
+    ``updates`` and :func:`evaluate`'s statistics with the agent's ``split``."""
 
 
 def suite_agents(suite: str, split: str) -> list[str]:
@@ -184,6 +191,7 @@ class EpisodeRecorder(BaseCallback):
         self._cost = np.zeros(len(agents))
         self._len = np.zeros(len(agents), dtype=int)
         self._updates_seen = -1
+        self.evaluations: list[dict[str, Any]] = []  # filled by PeriodicEvaluator
 
     def _on_step(self) -> bool:
         rewards, dones, infos = self.locals["rewards"], self.locals["dones"], self.locals["infos"]
@@ -218,6 +226,52 @@ class EpisodeRecorder(BaseCallback):
             if "train/ent_coef" in values:  # SAC
                 entry["ent_coef"] = float(values["train/ent_coef"])
             self.losses.append(entry)
+
+
+class PeriodicEvaluator(BaseCallback):
+    """Evaluates the actor every ``every`` transitions and at the end of training (each of
+    ``agents``, a name -> split map, for ``config.eval_episodes`` deterministic episodes) and
+    appends the rows to ``recorder.evaluations``, so checkpoints carry the curve. Evaluation
+    uses its own seeded envs and RNG: the training run is the same with or without it."""
+
+    def __init__(
+        self, every: int, agents: Mapping[str, str], max_limbs: int, config: TD3Config,
+        recorder: EpisodeRecorder,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.every, self.agents, self.max_limbs = int(every), dict(agents), max_limbs
+        self.config, self.recorder = config, recorder
+
+    def last_step(self) -> int:
+        """Transitions at the newest evaluation (-1 before the first)."""
+        rows = self.recorder.evaluations
+        return int(rows[-1]["step"]) if rows else -1
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        step, last = self.num_timesteps, self.last_step()
+        if step // self.every > max(last, 0) // self.every or last < 0:
+            self.run()
+
+    def _on_training_end(self) -> None:
+        if self.num_timesteps >= self.config.total_steps and self.last_step() != self.num_timesteps:
+            self.run()
+
+    def run(self) -> None:
+        """Evaluate every agent now and record the rows."""
+        cfg, actor = self.config, deterministic_net(self.model.policy)
+        was_training = actor.training
+        actor.eval()
+        for agent, split in self.agents.items():
+            stats = evaluate(actor, agent, self.max_limbs, cfg.eval_episodes,
+                             seed=10_000 + cfg.seed, cost_type=cfg.cost_type,
+                             max_steps=cfg.eval_max_steps)  # fmt: skip
+            self.recorder.evaluations.append({"step": int(self.num_timesteps),
+                                              "updates": updates_made(self.model),
+                                              "agent": agent, "split": split, **stats})  # fmt: skip
+        actor.train(was_training)
 
 
 WARMUP_PER_AGENT = 5_000
@@ -445,6 +499,7 @@ class Checkpointer(BaseCallback):
             },
             "episodes": [e for e in rec.episodes if e["step"] <= step],
             "losses": rec.losses,
+            "evaluations": rec.evaluations,
             "seconds": self.seconds(),
             "obs_dim": int(model.observation_space.shape[0]),
             "versions": versions(),
@@ -473,6 +528,7 @@ def restore(model: BaseAlgorithm, out: str | Path, recorder: EpisodeRecorder) ->
     model.action_space.np_random.bit_generator.state = rng["action_space"]
     recorder.episodes = list(state["episodes"])
     recorder.losses = list(state["losses"])
+    recorder.evaluations = list(state.get("evaluations", []))
     if recorder.losses:
         recorder._updates_seen = int(recorder.losses[-1]["updates"])
     return state
@@ -541,6 +597,10 @@ def _train(
     model = build_model(config, vec, device, verbose)
     recorder = EpisodeRecorder(train_agents)
     callbacks: list[BaseCallback] = [recorder]
+    splits = {**dict.fromkeys(train_agents, "train"), **dict.fromkeys(heldout, "heldout")}
+    if config.eval_every is not None and config.eval_episodes > 0:
+        callbacks.append(PeriodicEvaluator(config.eval_every, splits, max_limbs, config,
+                                           recorder))  # fmt: skip
     checkpointer = None
     if out is not None:
         chunks, rows, seconds_before = [], 0, 0.0
@@ -572,19 +632,22 @@ def _train(
     if checkpointer is not None and checkpointer.stopped:
         vec.close()
         return TrainResult(model, config, recorder.episodes, recorder.losses, {}, seconds,
-                           run=run, interrupted=True)  # fmt: skip
-    evaluation = {}
-    if config.eval_episodes > 0:
-        for split, agents in (("train", train_agents), ("heldout", heldout)):
-            for agent in agents:
-                stats = evaluate(deterministic_net(model.policy), agent, max_limbs,
-                                 config.eval_episodes,
-                                 seed=10_000 + config.seed, cost_type=config.cost_type,
-                                 max_steps=config.eval_max_steps)  # fmt: skip
-                evaluation[agent] = {**stats, "split": split}
+                           run=run, interrupted=True, curve=recorder.evaluations)  # fmt: skip
+    evaluation: dict[str, dict[str, Any]] = {}
+    final = [r for r in recorder.evaluations if r["step"] == model.num_timesteps]
+    if config.eval_episodes > 0 and final:  # the curve's last point is the final evaluation
+        evaluation = {r["agent"]: {k: v for k, v in r.items() if k not in ("step", "agent")}
+                      for r in final}  # fmt: skip
+    elif config.eval_episodes > 0:
+        actor = deterministic_net(model.policy).eval()
+        for agent, split in splits.items():
+            stats = evaluate(actor, agent, max_limbs, config.eval_episodes,
+                             seed=10_000 + config.seed, cost_type=config.cost_type,
+                             max_steps=config.eval_max_steps)  # fmt: skip
+            evaluation[agent] = {**stats, "split": split}
     vec.close()
     return TrainResult(model, config, recorder.episodes, recorder.losses, evaluation, seconds,
-                       run=run)  # fmt: skip
+                       run=run, curve=recorder.evaluations)  # fmt: skip
 
 
 @torch.no_grad()
@@ -597,7 +660,8 @@ def evaluate(
     cost_type: str = "velocity",
     max_steps: int | None = None,
 ) -> dict[str, float]:
-    """Mean and sd of return and cost of ``episodes`` deterministic episodes of ``agent``.
+    """:func:`episode_stats` (return, cost, length, velocity along the target) of ``episodes``
+    deterministic episodes of ``agent``.
 
     The episodes run side by side (one batched actor call per step). ``actor`` maps flat
     observations (B, flat_dim) to actions (B, max_limbs * 3).
@@ -610,13 +674,21 @@ def evaluate(
     def env_fn():
         return envs.make(envs.env_id(agent), max_limbs=max_limbs, cost_type=cost_type)
 
-    runs = rollout(policy, env_fn, episodes, seed, max_steps=max_steps, record=False)
-    returns, costs = runs.returns, runs.costs
+    runs = rollout(policy, env_fn, episodes, seed, max_steps=max_steps, record=False,
+                   sum_info=("reward_forward",))  # fmt: skip
+    return episode_stats(runs)
+
+
+def episode_stats(runs: Any) -> dict[str, float]:
+    """Mean (and sd) over a rollout's episodes of return, cost, length and velocity along the
+    target (each episode's mean of ``info["reward_forward"]``)."""
     return {
-        "return_mean": float(returns.mean()),
-        "return_sd": float(returns.std()),
-        "cost_mean": float(costs.mean()),
-        "episodes": episodes,
+        "return_mean": float(runs.returns.mean()),
+        "return_sd": float(runs.returns.std()),
+        "cost_mean": float(runs.costs.mean()),
+        "length_mean": float(runs.lengths.mean()),
+        "target_velocity": float(runs.info_means("reward_forward").mean()),
+        "episodes": len(runs.returns),
     }
 
 
@@ -639,6 +711,7 @@ def save_run(result: TrainResult, folder: str, sb3_zip: bool = False) -> dict[st
     paths = {name: str(folder_path / name) for name in (WEIGHTS, CONFIG, "metrics.json")}
     write_json(paths["metrics.json"], {"episodes": result.episodes, "losses": result.losses,
                                        "evaluation": result.evaluation,
+                                       "curve": result.curve,
                                        "seconds": result.seconds,
                                        "run": result.run})  # fmt: skip
     if sb3_zip:
@@ -673,19 +746,30 @@ RUN_FILES = (WEIGHTS, CONFIG, "metrics.json")
 
 
 def train_cell(
-    *, config: TD3Config, device: str | None = None, out: str | None = None, sb3_zip: bool = False
+    *,
+    config: TD3Config,
+    device: str | None = None,
+    out: str | None = None,
+    sb3_zip: bool = False,
+    checkpoint_every: int = 10_000,
 ) -> list[dict[str, Any]]:
     """One cell of a seed grid: :func:`train` with ``config`` (its seed), and with ``out``
-    :func:`save_run` into that folder; one row per evaluated agent (seed, agent, split,
-    return_mean, return_sd, cost_mean, seconds of training and evaluation)."""
+    resumable checkpoints in ``out/checkpoints/`` every ``checkpoint_every`` transitions (a cell
+    killed mid-run continues from the newest one when run again) and :func:`save_run` into
+    ``out`` at the end. One row per evaluated agent: seed, agent, split, the final evaluation's
+    statistics (:func:`episode_stats`), transitions and updates done, and the training seconds
+    (over all sittings of a resumed run)."""
     start = time.perf_counter()
-    result = train(config, device=device)
-    seconds = time.perf_counter() - start
+    again = out is not None and resume.latest_checkpoint(out) is not None
+    result = train(config, device=device, out=out, checkpoint_every=checkpoint_every,
+                   resume_run=again)  # fmt: skip
+    seconds = result.seconds if out is not None else time.perf_counter() - start
     if out is not None:
         save_run(result, out, sb3_zip=sb3_zip)
-    return [{"seed": config.seed, "agent": agent, "split": stats["split"],
-             "return_mean": stats["return_mean"], "return_sd": stats["return_sd"],
-             "cost_mean": stats["cost_mean"], "seconds": seconds}
+    run = result.run
+    return [{"seed": config.seed, "agent": agent, **stats,
+             "transitions": run["transitions_done"], "updates": run["updates_done"],
+             "seconds": seconds}
             for agent, stats in result.evaluation.items()]  # fmt: skip
 
 
@@ -697,9 +781,11 @@ def seed_cells(
     sb3_zip: bool = False,
     cpus_per_cell: float = 1.0,
     gpus_per_cell: float = 0.0,
+    checkpoint_every: int = 10_000,
 ) -> list[Cell]:
-    """One cell per seed (key ``seed<N>``): ``config`` with that seed; with ``out`` the run is
-    saved into ``<out>/seed<N>/`` (an absolute path: a Ray worker may run elsewhere)."""
+    """One cell per seed (key ``seed<N>``): ``config`` with that seed; with ``out`` the run
+    checkpoints every ``checkpoint_every`` transitions into and is saved into ``<out>/seed<N>/``
+    (an absolute path: a Ray worker may run elsewhere); a cell run again resumes there."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"need at least one seed and each seed once, got {seeds}")
@@ -707,7 +793,8 @@ def seed_cells(
     for seed in seeds:
         folder = str((Path(out) / f"seed{seed}").absolute()) if out is not None else None
         kwargs = {"config": dataclasses.replace(config, seed=seed), "device": device,
-                  "out": folder, "sb3_zip": sb3_zip}  # fmt: skip
+                  "out": folder, "sb3_zip": sb3_zip,
+                  "checkpoint_every": checkpoint_every}  # fmt: skip
         names = RUN_FILES + (("model.zip",) if sb3_zip else ())
         outputs = tuple(str(Path(folder) / n) for n in names) if folder is not None else ()
         cells.append(Cell(f"seed{seed}", train_cell, kwargs, cpus=cpus_per_cell,
@@ -727,6 +814,7 @@ def run_seeds(
     address: str | None = None,
     cpus_per_cell: float = 1.0,
     gpus_per_cell: float = 0.0,
+    checkpoint_every: int = 10_000,
     log: Callable[[str], None] = print,
 ) -> GridResult:
     """Train ``config`` once per seed as cells of a :func:`saferl.grid.run_grid` grid under
@@ -735,7 +823,8 @@ def run_seeds(
     the seed's saved run is gone (the grid's fingerprint and outputs): those are trained
     again."""
     validate(config)
-    cells = seed_cells(config, seeds, device, out, sb3_zip, cpus_per_cell, gpus_per_cell)
+    cells = seed_cells(config, seeds, device, out, sb3_zip, cpus_per_cell, gpus_per_cell,
+                       checkpoint_every)  # fmt: skip
     return run_grid(cells, grid_out, workers=workers, address=address, log=log)
 
 

@@ -169,3 +169,31 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes_to_completion(tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["transitions_done"] == stopped + 30
     assert resume.read_run_state(out)["num_timesteps"] == stopped + 30
+
+
+def test_periodic_evaluation_leaves_training_unchanged_and_resumes_with_the_curve(tmp_path):
+    """Evaluating every 40 transitions gives curve rows at 0, 40, 80 and the end (120), with
+    episode length and target velocity; the training run (episodes, weights) is the same as
+    without it; a run stopped at 80 and resumed ends with the same curve."""
+    plain = train(tiny_config(), device="cpu")
+    watched = train(tiny_config(eval_every=40), device="cpu")
+    assert watched.episodes == plain.episodes
+    for key, value in plain.model.policy.state_dict().items():
+        assert torch.equal(watched.model.policy.state_dict()[key], value), key
+    steps = sorted({row["step"] for row in watched.curve})
+    assert steps == [0, 40, 80, 120]
+    assert {row["agent"] for row in watched.curve} == {"hopper_3", "hopper_4", "hopper_4b"}
+    for row in watched.curve:
+        assert row["length_mean"] >= 1 and np.isfinite(row["target_velocity"])
+    final = {r["agent"]: r["return_mean"] for r in watched.curve if r["step"] == 120}
+    assert {a: s["return_mean"] for a, s in watched.evaluation.items()} == final
+
+    out = tmp_path / "run"
+    calls = iter(range(10_000))
+    part = train(tiny_config(eval_every=40), device="cpu", out=out, checkpoint_every=20,
+                 stop=lambda: next(calls) > 40)  # fmt: skip
+    assert part.interrupted and sorted({r["step"] for r in part.curve}) == [0, 40, 80]
+    rest = train(tiny_config(eval_every=40), device="cpu", out=out, resume_run=True)
+    assert sorted({r["step"] for r in rest.curve}) == [0, 40, 80, 120]
+    assert [r for r in rest.curve if r["step"] <= 80] == [r for r in watched.curve
+                                                          if r["step"] <= 80]  # fmt: skip

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+
 
 def test_set_suite_quick(experiment, tmp_path, capsys) -> None:
     assert experiment("set_suite").main(["--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for kind in ("set", "transformer", "mlp"):
         assert f"| {kind} |" in out
-        assert (tmp_path / f"{kind}_seed0" / "model.safetensors").exists()
-    assert "hopper_4b" in out
-    assert (tmp_path / "set_suite_curves.png").stat().st_size > 0
+        assert (tmp_path / "hopper_suite" / f"{kind}_seed0" / "model.safetensors").exists()
+    assert "*zero torques*" in out and "hopper_4b" in out
+    assert (tmp_path / "hopper_suite_curves.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "hopper_suite_summary.json").read_text())
+    fields = ("transitions", "updates", "in_suite_return", "heldout_return",
+              "in_suite_episode_length", "in_suite_target_velocity", "zero_torque_return",
+              "random_torque_return")  # fmt: skip
+    for row in summary["runs"]:
+        assert all(np.isfinite(row[f]) for f in fields), row
+        assert row["transitions"] >= 180 and row["updates"] > 0
+        assert row["in_suite_episode_length"] >= 1
+    set_row = next(r for r in summary["runs"] if r["policy"] == "set")
+    assert set_row["rotation_invariance_max_abs"] <= 1e-5
+    # the curve holds an evaluation at step 0, every 90 transitions and at the end
+    steps = sorted({c["step"] for c in summary["curves"]["mlp_seed0"]})
+    assert steps[0] == 0 and steps[-1] == set_row["transitions"] and len(steps) >= 3
+    # a second call reuses the finished runs (the grid keeps their rows): nothing is retrained
+    weights = tmp_path / "hopper_suite" / "mlp_seed0" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert experiment("set_suite").main(["--quick", "--out", str(tmp_path), "--kinds", "mlp"]) == 0
+    assert weights.stat().st_mtime_ns == before
 
 
 def test_set_throughput_quick(experiment, capsys) -> None:
