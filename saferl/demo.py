@@ -115,10 +115,19 @@ def stage_train_online(ctx: DemoContext) -> dict:
     from saferl.online import demo_stage
 
     res = demo_stage(budget_steps=400 if ctx.config.quick else 2000, seed=ctx.config.seed)
-    print(f"  TD3 + SET on {res['agent']}: {res['budget_steps']} steps, {res['episodes']} episodes,"
-          f" critic TD loss {res['critic_loss_before']:.3f} -> {res['critic_loss_after']:.3f},"
-          f" eval return {res['eval_return']:.1f} (zero torques: {res['zero_torque_return']:.1f}),"
-          f" rotation-invariance error {res['rotation_invariance_error']:.1e}")  # fmt: skip
+    print(f"  TD3 + SET on {res['agent']}: {res['budget_steps']} transitions, {res['updates']} "
+          f"updates (one per transition after the warm-up), {res['episodes']} training episodes "
+          f"of mean length {res['mean_episode_length']:.0f} steps")  # fmt: skip
+    print(f"  critic TD loss during training {res['training_loss_first']:.3f} (first tenth of "
+          f"updates) -> {res['training_loss_last']:.3f} (last tenth); on a fixed batch "
+          f"{res['critic_loss_before']:.3f} -> {res['critic_loss_after']:.3f} after 30 more "
+          f"updates")  # fmt: skip
+    curve = ", ".join(f"{step}: {ret:.1f} ({n:.0f} steps)" for step, ret, n in res["curve"])
+    print(f"  deterministic eval return (2 episodes of at most 200 steps; learning starts at "
+          f"{res['learning_starts']}) at transitions {curve}; zero torques "
+          f"{res['zero_torque_return']:.1f} on the same episodes (a tiny budget: the curve shows "
+          f"the loop is wired, not a trained walker); rotation-invariance error "
+          f"{res['rotation_invariance_error']:.1e}")  # fmt: skip
     return res
 
 

@@ -877,6 +877,7 @@ def _demo_stage(budget_steps: int, seed: int, device: str) -> dict[str, Any]:
         net_config={"width": 32, "ff": 64, "heads": 2, "layers": 2, "channels": 8},
         learning_starts=budget_steps // 2, batch_size=32, learning_rate=1e-3,
         max_grad_norm=1.0, seed=seed, eval_episodes=2, eval_max_steps=200,
+        eval_every=max(1, budget_steps // 4),
     )  # fmt: skip
     result = train(config, device=device)
     model = result.model
@@ -891,11 +892,23 @@ def _demo_stage(budget_steps: int, seed: int, device: str) -> dict[str, Any]:
                    lambda: envs.make(envs.env_id("hopper_3"), max_limbs=max_limbs),
                    config.eval_episodes, 10_000 + seed, max_steps=config.eval_max_steps,
                    record=False)  # fmt: skip
+    losses = [x["critic_loss"] for x in result.losses]
+    tenth = max(1, len(losses) // 10)
     return {
         "agent": "hopper_3",
         "budget_steps": budget_steps,
+        "updates": result.run["updates_done"],
         "episodes": len(result.episodes),
+        "mean_episode_length": float(np.mean([e["length"] for e in result.episodes])),
         "first_returns": [e["return"] for e in result.episodes[:5]],
+        "training_loss_first": float(np.mean(losses[:tenth])) if losses else float("nan"),
+        "training_loss_last": float(np.mean(losses[-tenth:])) if losses else float("nan"),
+        "learning_starts": config.learning_starts,
+        "curve": [
+            (r["step"], r["return_mean"], r["length_mean"])
+            for r in result.curve
+            if r["agent"] == "hopper_3"
+        ],  # fmt: skip
         "critic_loss_before": before,
         "critic_loss_after": after,
         "eval_return": result.evaluation["hopper_3"]["return_mean"],
