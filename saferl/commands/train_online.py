@@ -15,7 +15,8 @@ once per seed, each seed a cell of a :mod:`saferl.grid` grid (Ray tasks with ``-
 (transitions, warm-up, updates, update-to-data ratio), writes a resumable checkpoint into
 ``<out>/checkpoints/`` every ``--checkpoint-every`` transitions, and on SIGTERM/SIGINT writes
 one more and exits with status 75 (``RESUMABLE_EXIT``); ``--resume <out>`` continues it to the
-same budget with its saved settings.
+same budget with its saved settings, or with ``--steps N`` to a larger budget N (a finished run
+trains longer; its learning curve continues).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ RESUMABLE_EXIT = 75
 continue it with ``--resume``)."""
 CONFIG_FLAGS = ("suite", "agents", "policy", "net_config", "steps", "algo", "learning_starts",
                 "gradient_steps", "batch_size", "lr", "max_grad_norm", "buffer_size", "n_steps",
-                "n_epochs", "eval_episodes", "eval_max_steps", "cost_type", "seed", "seeds",
-                "out")  # fmt: skip
-"""Flags that set up a run: ``--resume`` takes them from the saved run instead."""
+                "n_epochs", "eval_episodes", "eval_max_steps", "eval_every", "cost_type", "seed",
+                "seeds", "out")  # fmt: skip
+"""Flags that set up a run: ``--resume`` takes them from the saved run instead (except
+``--steps`` and ``--eval-every``, which may change: a larger budget trains the run longer)."""
 SUMMARY = "seeds_summary.json"
 """Rows and per-agent mean ± sd over seeds of ``--seeds``, under ``--out``."""
 OFF_POLICY_FLAGS = ("learning_starts", "gradient_steps", "buffer_size", "max_grad_norm")
@@ -104,6 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="evaluation episodes per agent")  # fmt: skip
     parser.add_argument("--eval-max-steps", type=c.positive_int, default=None,
                         help="cap evaluation episodes (default: the env's 1000 steps)")  # fmt: skip
+    parser.add_argument("--eval-every", type=c.positive_int, default=None,
+                        help="also evaluate every this many transitions (the learning curve "
+                             "in metrics.json; default: only at the end)")  # fmt: skip
     parser.add_argument("--cost-type", default=defaults.cost_type, choices=COST_TYPES,
                         help="safety cost recorded in info['cost']")  # fmt: skip
     seeds = parser.add_mutually_exclusive_group()
@@ -122,7 +127,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "during the run")  # fmt: skip
     parser.add_argument("--resume", default=None, metavar="DIR",
                         help="continue the run saved in DIR (a folder an earlier --out run "
-                             "wrote) to its total budget, with its saved settings")  # fmt: skip
+                             "wrote) to its total budget, with its saved settings; with --steps N "
+                             "to a new budget N (train a finished run longer)")  # fmt: skip
     parser.add_argument("--checkpoint-every", type=c.positive_int, default=10_000,
                         help="write a resumable checkpoint every this many transitions (a "
                              "SIGTERM also writes one, then the run exits with status "
@@ -209,17 +215,19 @@ def config_of(args: argparse.Namespace) -> TD3Config:
     return TD3Config(
         suite=args.suite, agents=args.agents, policy=args.policy, net_config=args.net_config,
         algo=args.algo, total_steps=args.steps, eval_episodes=args.eval_episodes,
-        eval_max_steps=args.eval_max_steps, cost_type=args.cost_type, seed=args.seed,
+        eval_max_steps=args.eval_max_steps, eval_every=args.eval_every,
+        cost_type=args.cost_type, seed=args.seed,
         **{name: value for name, value in given.items() if value is not None},
     )  # fmt: skip
 
 
 def resume_run(args: argparse.Namespace, device: str) -> int:
     """``--resume DIR``: the saved run's config, then :func:`train_one` from its checkpoint."""
-    from saferl.online.td3 import saved_config, validate
+    from saferl.online.td3 import check_resumable, saved_config, validate
 
+    may_change = ("steps", "eval_every")
     given = [name for name, default in args.flag_defaults.items()
-             if getattr(args, name) != default]  # fmt: skip
+             if getattr(args, name) != default and name not in may_change]  # fmt: skip
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"--resume continues a run with its saved settings; drop {flags}")
@@ -228,7 +236,12 @@ def resume_run(args: argparse.Namespace, device: str) -> int:
         raise UsageError(f"--resume folder {str(folder)!r} does not exist")
     with c.user_errors(f"cannot resume {str(folder)!r}"):
         config = saved_config(folder)
+        if args.steps != args.flag_defaults["steps"]:
+            config = dataclasses.replace(config, total_steps=args.steps)
+        if args.eval_every is not None:
+            config = dataclasses.replace(config, eval_every=args.eval_every)
         validate(config)
+        check_resumable(config, folder)
     for name in ("model.safetensors", "config.json", "metrics.json"):
         c.check_output_file(folder / name, "output file")
     c.check_output_dir(folder / "checkpoints", "checkpoint folder")

@@ -534,6 +534,28 @@ def restore(model: BaseAlgorithm, out: str | Path, recorder: EpisodeRecorder) ->
     return state
 
 
+RESUME_MAY_CHANGE = ("total_steps", "eval_every")
+"""Settings a resumed run may change: its budget (to train longer; not below the transitions
+already done) and how often it evaluates."""
+
+
+def check_resumable(config: TD3Config, out: str | Path) -> None:
+    """ValueError unless the run saved in ``out`` can continue as ``config``: the same settings
+    except :data:`RESUME_MAY_CHANGE`, and a budget no smaller than the transitions done."""
+    state = resume.read_run_state(out)
+    saved = config_from_state(state)
+    changed = [f.name for f in dataclasses.fields(config)
+               if getattr(saved, f.name) != getattr(config, f.name)
+               and f.name not in RESUME_MAY_CHANGE]  # fmt: skip
+    if changed:
+        raise ValueError(f"the run in {str(out)!r} was saved with other settings "
+                         f"({', '.join(changed)}); resume it with its own config")  # fmt: skip
+    if config.total_steps < int(state["num_timesteps"]):
+        raise ValueError(f"the run in {str(out)!r} has done {state['num_timesteps']} "
+                         f"transitions; a resumed budget must be at least that, got "
+                         f"{config.total_steps}")  # fmt: skip
+
+
 def config_from_state(state: Mapping[str, Any]) -> TD3Config:
     """The :class:`TD3Config` saved in a checkpoint's state."""
     return TD3Config(**state["td3"])
@@ -561,7 +583,8 @@ def train(
 
     With ``out`` the run writes a resumable checkpoint into ``out/checkpoints/`` every
     ``checkpoint_every`` transitions and at its end; with ``resume_run`` it continues from the
-    newest one there (``config`` must equal the saved one) to the same ``total_steps``. When
+    newest one there to ``config.total_steps`` (``config`` must equal the saved one except for
+    :data:`RESUME_MAY_CHANGE`: a larger budget trains a finished run longer). When
     ``stop()`` turns true (a SIGTERM handler's flag), a checkpoint is written and the run
     returns early with ``interrupted`` set (no evaluation)."""
     validate(config)
@@ -570,12 +593,7 @@ def train(
     if (resume_run or stop is not None) and out is None:
         raise ValueError("resuming or stopping with a checkpoint needs out= (the run folder)")
     if resume_run:
-        saved = saved_config(out)
-        if saved != config:
-            changed = [f.name for f in dataclasses.fields(config)
-                       if getattr(saved, f.name) != getattr(config, f.name)]  # fmt: skip
-            raise ValueError(f"the run in {str(out)!r} was saved with other settings "
-                             f"({', '.join(changed)}); resume it with its own config")  # fmt: skip
+        check_resumable(config, out)
     with seeded(config.seed):
         return _train(config, device, progress, verbose, out, checkpoint_every, resume_run, stop)
 

@@ -110,9 +110,11 @@ def test_cli_resume_continues_the_learning_curve_to_the_same_budget(tmp_path, ca
     # a fresh run into the same folder is refused: it would start the run again
     code = main([str(a) for a in argv])
     assert code == 2 and "--resume" in capsys.readouterr().err
-    # --resume takes the saved settings and refuses others
-    assert main(["train-online", "--resume", str(out), "--steps", "500"]) == 2
-    assert "--steps" in capsys.readouterr().err
+    # --resume takes the saved settings and refuses others (the budget may grow, not shrink)
+    assert main(["train-online", "--resume", str(out), "--batch-size", "8"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert main(["train-online", "--resume", str(out), "--steps", "60"]) == 2
+    assert "at least that" in capsys.readouterr().err
     assert main(["train-online", "--resume", str(out), "--device", "cpu"]) == 0
     stdout = capsys.readouterr().out
     assert "120 transitions" in stdout and "update per transition" in stdout
@@ -121,6 +123,13 @@ def test_cli_resume_continues_the_learning_curve_to_the_same_budget(tmp_path, ca
     steps = [e["step"] for e in metrics["episodes"]]
     assert steps == sorted(steps) and steps[0] < 70 < steps[-1]  # one curve across sessions
     assert (out / "model.safetensors").exists()
+    # a finished run trains longer with a larger budget: counters and the curve continue
+    argv = ["train-online", "--resume", str(out), "--steps", "180", "--eval-every", "60"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["transitions_done"] == 180 and metrics["run"]["updates_done"] == 150
+    assert [e["step"] for e in metrics["episodes"]][: len(steps)] == steps
+    assert sorted({r["step"] for r in metrics["curve"]}) == [120, 180]
 
 
 def test_train_online_without_out_is_refused(capsys) -> None:
