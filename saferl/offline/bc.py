@@ -4,7 +4,11 @@
 * BC-Safe clones only the trajectories whose cost return is at most the threshold κ
   (Liu et al., "Datasets and Benchmarks for Offline Safe RL", 2023 — OSRL's BC-Safe).
 
-Deterministic MLP actor ``a = tanh(f(s))``, mean-squared error to the data action.
+As OSRL's ``osrl/algorithms/bc.py`` with the defaults of ``examples/configs/bc_configs.py``: a
+deterministic ReLU MLP actor ``a = tanh(f(s))`` (256-256), the mean squared error to the data
+action (averaged over batch and action dimensions), Adam at a constant 1e-3, batch 512, 1e5
+steps. BC-Safe's filter is OSRL's ``bc_mode="safe"`` with its ``gamma = 1``: a trajectory (split
+at terminals and timeouts) is kept iff its undiscounted cost return is ≤ κ.
 """
 
 from __future__ import annotations
@@ -25,14 +29,14 @@ from saferl.offline.trainer import AgentBase, fit
 
 @dataclass
 class BCConfig:
-    """BC hyperparameters; defaults are OSRL's."""
+    """BC hyperparameters; defaults are OSRL's (``examples/configs/bc_configs.py``)."""
 
     steps: int = 100_000
     """Gradient steps."""
     batch_size: int = 512
     """Transitions per step."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate (constant: OSRL has no schedule)."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of the actor."""
     cost_limit: float | None = None
@@ -52,8 +56,9 @@ class BCConfig:
 
 
 def bc_loss(batch: Mapping[str, torch.Tensor], actor: MLP) -> tuple[torch.Tensor, dict]:
-    """``mean ‖π(s) − a‖²`` (summed over action dims); returns ``(loss, stats)``."""
-    loss = (actor(batch["obs"]) - batch["act"]).square().sum(dim=-1).mean()
+    """``mean (π(s) − a)²`` over batch and action dims (OSRL's ``F.mse_loss``); returns
+    ``(loss, stats)``."""
+    loss = (actor(batch["obs"]) - batch["act"]).square().mean()
     return loss, {"losses/bc": loss.detach()}
 
 

@@ -157,7 +157,8 @@ def test_bc_loss_and_training_fit_a_constant():
     batch = {"obs": torch.zeros(2, 3), "act": torch.ones(2, 2)}
     loss, _ = bc_loss(batch, agent.actor)
     pred = agent.actor(torch.zeros(1, 3))
-    assert loss.item() == pytest.approx(((pred - 1) ** 2).sum().item(), rel=1e-5)
+    # OSRL's F.mse_loss: the mean over batch and action dims (was: summed over action dims)
+    assert loss.item() == pytest.approx(((pred - 1) ** 2).mean().item(), rel=1e-5)
 
 
 def test_bc_checkpoint_round_trip(tmp_path):
