@@ -6,7 +6,8 @@ The multiplier λ ≥ 0 weighs the cost in the shaped reward r − λ·c; it gro
 episode cost J_c exceeds the limit d and shrinks (never below 0) while J_c < d.
 
 Used by the behaviour policies of dataset collection (EMA smoothing, λ ≤ 10) and by BCQ-Lag
-(no smoothing, no cap, the first cost counted as a rise: ``PIDLagrangianConfig.plain``).
+(``PIDLagrangianConfig.osrl``: OSRL's ``LagrangianPIDController`` — no smoothing, no cap, the
+proportional term on max(0, J_c − d) and the first rise measured from J_c = d).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class PIDLagrangianConfig:
     cost_init: float | None = None
     """Cost taken as the one before the first update, for the D term (None: the first measured
     cost itself, so the first step shows no rise)."""
+    p_relu: bool = False
+    """Proportional term on max(0, violation) (OSRL, ``osrl/common/net.py``
+    ``LagrangianPIDController``: ``KP·relu(error)``) instead of the signed violation (Stooke et
+    al.): a satisfied constraint then lowers λ only through the integral term."""
 
     def __post_init__(self) -> None:
         for name in ("kp", "ki", "kd", "lambda_init", "lambda_max"):
@@ -55,11 +60,22 @@ class PIDLagrangianConfig:
         with J_prev = 0 before the first update (BCQ-Lag)."""
         return cls(kp, ki, kd, p_ema=0.0, d_ema=0.0, lambda_max=math.inf, cost_init=0.0)
 
+    @classmethod
+    def osrl(
+        cls, cost_limit: float, kp: float = 0.1, ki: float = 0.003, kd: float = 0.001
+    ) -> PIDLagrangianConfig:
+        """OSRL's ``LagrangianPIDController`` for a fixed limit d = ``cost_limit``:
+        λ = max(0, K_P·max(0, e) + I + K_D·max(0, e − e_prev)), e = J − d, I = max(0, I + K_I·e),
+        e_prev = 0 before the first update (so J_prev = d). BCQ-Lag's controller."""
+        return cls(kp, ki, kd, p_ema=0.0, d_ema=0.0, lambda_max=math.inf,
+                   cost_init=float(cost_limit), p_relu=True)  # fmt: skip
+
 
 class PIDLagrangian:
     """λ_k = clip(K_P·Δ̄_k + I_k + K_D·max(0, J̄_k − J̄_{k−1}), 0, λ_max) (Stooke et al. Alg. 2).
 
     Δ_k = J_c,k − d_k; I_k = max(0, I_{k−1} + K_I·Δ_k); bars are exponential moving averages.
+    With ``p_relu`` the proportional term is K_P·max(0, Δ̄_k) (OSRL).
     """
 
     def __init__(self, config: PIDLagrangianConfig | None = None) -> None:
@@ -81,7 +97,8 @@ class PIDLagrangian:
         previous = episode_cost if self.smoothed_cost is None else self.smoothed_cost
         self.smoothed_cost = c.d_ema * previous + (1 - c.d_ema) * episode_cost
         rise = max(0.0, self.smoothed_cost - previous)
-        raw = c.kp * self.smoothed_violation + self.integral + c.kd * rise
+        p = max(0.0, self.smoothed_violation) if c.p_relu else self.smoothed_violation
+        raw = c.kp * p + self.integral + c.kd * rise
         self.multiplier = min(max(0.0, raw), c.lambda_max)
         return self.multiplier
 

@@ -1,6 +1,7 @@
 """Networks and small helpers shared by the offline safe-RL learners.
 
 * :class:`MLP` — plain fully connected network (critics, values, BC actors).
+* :class:`VAE` — conditional VAE of behaviour actions (BCQ-Lag's generator, CPQ's OOD detector).
 * :class:`EnsembleMLP` — ``E`` independent MLPs evaluated in one batched matmul, shape
   ``(E, B, out)``; used for the twin reward / cost / feasibility critics.
 * :class:`FourierFeatures` and :class:`LNResNetNoise` — the noise network of FISOR's diffusion
@@ -35,20 +36,26 @@ def mlp(sizes: Iterable[int], activation: type[nn.Module] = nn.ReLU) -> nn.Seque
 
 
 class MLP(nn.Module):
-    """``in_dim -> hidden... -> out_dim`` with ReLU; ``forward(*xs)`` concatenates its inputs.
+    """``in_dim -> hidden... -> out_dim``; ``forward(*xs)`` concatenates its inputs.
 
     Args:
         in_dim: total width of the concatenated inputs.
         out_dim: output width; a scalar head (``out_dim=1``) is squeezed to shape ``(B,)``.
         hidden: hidden widths (reference: 256, 256).
         squash: apply ``tanh`` to the output (deterministic actors with actions in [-1, 1]).
+        activation: between hidden layers (ReLU; BCQ-Lag's perturbation actor uses Tanh).
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden: tuple[int, ...] = (256, 256), squash: bool = False
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: tuple[int, ...] = (256, 256),
+        squash: bool = False,
+        activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        self.net = mlp((in_dim, *hidden, out_dim))
+        self.net = mlp((in_dim, *hidden, out_dim), activation)
         self.out_dim = out_dim
         self.squash = squash
 
@@ -57,6 +64,65 @@ class MLP(nn.Module):
         if self.squash:
             y = torch.tanh(y)
         return y.squeeze(-1) if self.out_dim == 1 else y
+
+
+class VAE(nn.Module):
+    """Conditional VAE of behaviour actions (Kingma & Welling 2014; BCQ's generative model,
+    Fujimoto et al. 2019, Sec. 4.1): encoder ``(s, a) -> (μ, σ)`` of a latent of width
+    ``2·act_dim``, decoder ``(s, z) -> tanh(·)`` in [−1, 1]; ReLU MLPs (OSRL: 400, 400).
+
+    ``log σ`` is clamped to [−4, 15]. :meth:`decode` without ``z`` draws ``z ~ N(0, I)`` clamped
+    to ``[−latent_clip, latent_clip]`` (BCQ/OSRL: 0.5), from ``generator``.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...] = (400, 400),
+        latent_clip: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if latent_clip <= 0:
+            raise ValueError(f"latent_clip must be > 0, got {latent_clip}")
+        self.latent = 2 * act_dim
+        self.latent_clip = latent_clip
+        self.encoder = MLP(obs_dim + act_dim, 2 * self.latent, hidden)
+        self.decoder = MLP(obs_dim + self.latent, act_dim, hidden, squash=True)
+
+    def encode(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and std ``(B, latent)`` each."""
+        mean, log_std = self.encoder(s, a).chunk(2, dim=-1)
+        return mean, log_std.clamp(-4.0, 15.0).exp()
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor, noise: torch.Tensor):
+        """Reconstruction, mean and std; ``noise`` (B, latent) is the reparameterisation draw
+        (not clamped)."""
+        mean, std = self.encode(s, a)
+        return self.decoder(s, mean + std * noise), mean, std
+
+    def sample_latent(
+        self, n: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``n`` prior draws ``clamp(N(0, I), −latent_clip, latent_clip)``, shape (n, latent)."""
+        z = torch.randn(n, self.latent, device=device, generator=generator)
+        return z.clamp(-self.latent_clip, self.latent_clip)
+
+    def decode(
+        self,
+        s: torch.Tensor,
+        z: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Actions ``(B, act_dim)`` decoded from ``z`` (default: clamped prior draws)."""
+        if z is None:
+            z = self.sample_latent(s.shape[0], s.device, generator)
+        return self.decoder(s, z)
+
+
+def kl_to_standard_normal(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``KL(N(μ, σ²) ‖ N(0, 1)) = −½(1 + log σ² − μ² − σ²)``; shape of ``mean``."""
+    return -0.5 * (1 + torch.log(std.square()) - mean.square() - std.square())
 
 
 class EnsembleLinear(nn.Module):

@@ -33,7 +33,8 @@ from saferl.offline import (
     train_bc,
     train_bcq_lag,
 )
-from saferl.offline.networks import EnsembleMLP, FourierFeatures, LNResNetNoise
+from saferl.offline.bcq_lag import BCQLagNets, actor_values, critic_targets, transitions
+from saferl.offline.networks import VAE, EnsembleMLP, FourierFeatures, LNResNetNoise
 
 
 def toy_data(n_traj: int = 4, length: int = 5, obs_dim: int = 3, act_dim: int = 2) -> dict:
@@ -128,6 +129,16 @@ def test_per_step_threshold_and_pid_hand_values():
         per_step_cost_threshold(10.0, 1.0, 5)
 
 
+def test_osrl_pid_keeps_lambda_on_a_satisfied_constraint():
+    """OSRL's controller (BCQ-Lag's): proportional term K_P·relu(e), first rise from e = 0."""
+    pid = PIDLagrangian(PIDLagrangianConfig.osrl(2.0, 0.1, 0.003, 0.001))
+    # e = 3: P = 0.3, I = 0.009, D = relu(3 − 0) = 3 → 0.003
+    assert pid.update(5.0, 2.0) == pytest.approx(0.312)
+    # e = −1: P = 0.1·relu(−1) = 0 (the signed term would give −0.1 and λ = 0), I = 0.006, D = 0
+    assert pid.update(1.0, 2.0) == pytest.approx(0.006)
+    assert PIDLagrangian(PIDLagrangianConfig.plain()).update(5.0, 2.0) == pytest.approx(0.314)
+
+
 def test_ema_rate_hand_value():
     a, b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
     with torch.no_grad():
@@ -179,8 +190,104 @@ def test_bcq_lag_trains_and_raises_lambda_on_costly_data(tmp_path):
     act = agent.act(data["observations"][:4])
     assert act.shape == (4, 2) and np.all(np.abs(act) <= 1)
     agent.save(tmp_path / "bcq")
-    np.testing.assert_array_equal(BCQLag.load(tmp_path / "bcq", "cpu").act(data["observations"]),
-                                  agent.act(data["observations"]))  # fmt: skip
+    loaded = BCQLag.load(tmp_path / "bcq", "cpu")
+    # acting decodes a fresh clamped latent per call (OSRL): equal streams give equal actions
+    agent.act_generator.manual_seed(5)
+    loaded.act_generator.manual_seed(5)
+    np.testing.assert_array_equal(loaded.act(data["observations"]), agent.act(data["observations"]))
+    assert not np.array_equal(agent.act(data["observations"]), agent.act(data["observations"]))
+    det = BCQLag.load(tmp_path / "bcq", "cpu")
+    det.config.deterministic_act = True
+    np.testing.assert_array_equal(det.act(data["observations"]), det.act(data["observations"]))
+
+
+BCQ_SMALL = dict(hidden=(8,), vae_hidden=(8,), num_samples=2)
+
+
+class StubCritic(torch.nn.Module):
+    """A critic whose members return fixed values ``(E, B·n)``, whatever the input."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = torch.tensor(values, dtype=torch.float32)
+
+    def forward(self, s, a):
+        return self.values
+
+
+def test_bcq_lag_defaults_are_osrls():
+    """bcql_configs.py: reward_scale 0.1, vae 400, num_q 2 (double critics: 4 nets), lr 1e-3."""
+    c = BCQLagConfig()
+    assert (c.reward_scale, c.vae_hidden, c.num_q, c.latent_clip) == (0.1, (400, 400), 2, 0.5)
+    assert (c.actor_lr, c.critic_lr, c.vae_lr, c.batch_size, c.steps) == (1e-3,) * 3 + (512, 1e5)
+    assert (c.phi, c.lmbda, c.kl_weight, c.num_samples, c.pid) == (
+        0.05, 0.75, 0.5, 10, (0.1, 0.003, 0.001),
+    )  # fmt: skip
+    nets = BCQLagNets(3, 2, BCQLagConfig(hidden=(8,)))
+    assert nets.q_r.ensemble == nets.q_c.ensemble == 4  # 2 reward and 2 cost double critics
+    assert nets.vae.encoder.net[0].out_features == 400 and nets.vae.latent == 4
+    acts = {type(m) for m in nets.actor.net.modules()}
+    assert torch.nn.Tanh in acts and torch.nn.ReLU not in acts  # Tanh hidden layers
+
+
+def test_bcq_lag_targets_mix_min_and_max_over_their_own_samples():
+    """BCQ's soft clipped double Q over each critic's own next-action samples (OSRL bcql.py)."""
+    nets = BCQLagNets(3, 2, BCQLagConfig(**BCQ_SMALL))
+    cfg = BCQLagConfig(**BCQ_SMALL, gamma=0.5)
+    # one state, 2 samples; members [Q1a, Q1b, Q2a, Q2b] per sample
+    nets.q_c_target = StubCritic([[1.0, 4.0], [3.0, 0.0], [2.0, 6.0], [5.0, 6.0]])
+    # sample 0: Q1 = 1, Q2 = 2 → 0.75·1 + 0.25·2 = 1.25; sample 1: Q1 = 0, Q2 = 6 → 1.5
+    nets.q_r_target = StubCritic([[10.0, 0.0]] * 4)  # reward prefers sample 0: 10
+    batch = {"next_obs": torch.zeros(1, 3), "reward": torch.tensor([1.0]),
+             "cost": torch.tensor([2.0]), "done": torch.tensor([1.0])}  # fmt: skip
+    y_r, y_c = critic_targets(batch, nets, cfg, torch.Generator().manual_seed(0))
+    assert y_r.item() == pytest.approx(1.0)  # done: no bootstrap of the reward
+    # cost: max over its own samples (1.5, not the 1.25 at the reward's best sample), no done mask
+    assert y_c.item() == pytest.approx(2.0 + 0.5 * 1.5)
+    batch["done"][:] = 0.0
+    y_r, _ = critic_targets(batch, nets, cfg, torch.Generator().manual_seed(0))
+    assert y_r.item() == pytest.approx(1.0 + 0.5 * 10.0)
+
+
+def test_bcq_lag_rewards_scaled_by_a_tenth_in_the_target():
+    data = toy_data()
+    data["rewards"] = np.linspace(-3, 7, 20).astype(np.float32)
+    cfg = BCQLagConfig(**BCQ_SMALL)
+    buffer = transitions(data, cfg, "cpu")
+    batch = buffer.sample(16, torch.Generator().manual_seed(0))
+    nets = BCQLagNets(3, 2, cfg)
+    b = 16 * cfg.num_samples
+    nets.q_r_target = nets.q_c_target = StubCritic(np.zeros((4, b)))
+    y_r, y_c = critic_targets(batch, nets, cfg)
+    raw = torch.as_tensor(data["rewards"])
+    idx = [int((buffer.tensors["obs"] == o).all(1).nonzero()) for o in batch["obs"]]
+    torch.testing.assert_close(y_r, 0.1 * raw[idx])
+    torch.testing.assert_close(y_c, batch["cost"])
+
+
+def test_vae_decodes_latents_clamped_to_half():
+    vae = VAE(3, 2, (8,))
+    z = vae.sample_latent(4000, "cpu", torch.Generator().manual_seed(0))
+    assert z.shape == (4000, 4) and z.abs().max().item() == 0.5  # N(0, 1) clamped: both ends hit
+    assert (z.abs() == 0.5).float().mean() > 0.5  # ≈ 62% of N(0, 1) lies beyond ±0.5
+    s = torch.randn(4000, 3)
+    a = vae.decode(s, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, vae.decoder(s, z))
+
+
+def test_bcq_lag_uses_this_steps_lambda_on_min_cost_value():
+    """OSRL computes λ from the current actor's Q_c (min over the 4 cost nets) before its step."""
+    agent = BCQLag(3, 2, BCQLagConfig(**BCQ_SMALL, cost_limit=1.0, lmbda=0.75), 10, "cpu")
+    with torch.no_grad():
+        agent.nets.q_c.layers[-1].bias.fill_(5.0)  # Q_c ≈ 5 ≫ d: a positive error at step 1
+    batch = TransitionBuffer(toy_data(), "cpu").sample(8, torch.Generator().manual_seed(1))
+    q_r, q_c = actor_values(batch, agent.nets, torch.Generator().manual_seed(2))
+    assert q_c.shape == (8,)
+    stats = agent.update(batch)
+    e = stats["values/q_c_pi"].item() - agent.cost_threshold
+    lam = stats["values/lambda"].item()
+    assert e > 0 and lam == pytest.approx(0.1 * e + 0.003 * e + 0.001 * e, rel=1e-5)
+    assert stats["losses/qc_penalty"].item() == pytest.approx(lam * e, rel=1e-5)
 
 
 def test_rollout_runs_episodes_side_by_side():
