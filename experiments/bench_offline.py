@@ -1,6 +1,6 @@
 """Offline safe-RL benchmark (DSRL protocol) on the toolkit's own DSRL-format datasets.
 
-Runs BC-All, BC-Safe, BCQ-Lag and FISOR on every dataset under data/ (or --datasets) at the
+Runs BC-All, BC-Safe, BCQ-Lag, CPQ and FISOR on every dataset under data/ (or --datasets) at the
 budget below, and prints the table (normalised reward / normalised cost averaged over the
 thresholds and seeds; bold = safe, cost ≤ 1) beside FISOR's published table for context.
 Writes experiments/results/bench_offline_{table.md,scatter.png,rows.json}. The grid's cells run
@@ -24,6 +24,7 @@ from saferl.offline import (
     BCConfig,
     BCQLagConfig,
     BenchConfig,
+    CPQConfig,
     FISORConfig,
     load_tasks,
     run_bench,
@@ -40,12 +41,14 @@ CPU_BUDGET = {
     "bc_steps": 1500,
     "bcq_steps": 300,
     "bcq_batch": 256,
-    "bcq_nets": {"vae_hidden": (256, 256), "num_samples": 4},  # reference: 750, 750; 10
+    "bcq_nets": {"vae_hidden": (256, 256), "num_samples": 4},  # reference: 400, 400; 10
+    "cpq_steps": 300,
+    "cpq_batch": 256,
     "episodes": 20,
     "seeds": (0, 1),
 }
 """The budget of the committed table (machine and wall time in docs/offline.md); the reference
-is FISOR 1e6 steps, BC / BCQ-Lag 1e5 steps."""
+is FISOR 1e6 steps, BC / BCQ-Lag / CPQ 1e5 steps."""
 
 
 PUBLISHED = """FISOR's published results (ICLR 2024, DSRL datasets; normalised reward / cost,
@@ -81,6 +84,7 @@ def bench_config(budget: dict, device: str | None, max_eval_steps: int | None) -
                 batch_size=budget["bcq_batch"],
                 **budget.get("bcq_nets", {}),
             ),  # fmt: skip
+            "cpq": CPQConfig(steps=budget["cpq_steps"], batch_size=budget["cpq_batch"]),
         },
         device=device,
     )
@@ -98,7 +102,9 @@ def quick_tasks(tmp: Path) -> list[str]:
     return [str(path)]
 
 
-def budget_text(budget: dict, tasks, methods=("bc_all", "bc_safe", "bcq_lag", "fisor")) -> str:
+def budget_text(
+    budget: dict, tasks, methods=("bc_all", "bc_safe", "bcq_lag", "cpq", "fisor")
+) -> str:
     sizes = ", ".join(
         f"{name}: {len(d['rewards'])} transitions / {m.num_trajectories} trajectories, "
         f"κ = {'/'.join(f'{k:g}' for k in m.cost_thresholds)}"
@@ -110,7 +116,8 @@ def budget_text(budget: dict, tasks, methods=("bc_all", "bc_safe", "bcq_lag", "f
         f"{budget['fisor_actor_batch']} in 2 updates, critic batch {budget['fisor_critic_batch']}"
         f", nets {budget.get('fisor_nets', 'reference')}), BC-All/BC-Safe {budget['bc_steps']} "
         f"steps, BCQ-Lag {budget['bcq_steps']} steps (batch {budget['bcq_batch']}, "
-        f"{budget.get('bcq_nets', 'reference nets')}); seeds {list(budget['seeds'])}; "
+        f"{budget.get('bcq_nets', 'reference nets')}), CPQ {budget['cpq_steps']} steps (batch "
+        f"{budget['cpq_batch']}); seeds {list(budget['seeds'])}; "
         f"{budget['episodes']} episodes per evaluation. Datasets: {sizes}."
     )
 
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> str:
         budget["seeds"] = tuple(args.seeds)
     if args.quick:
         budget.update(fisor_steps=5, fisor_actor_batch=32, fisor_critic_batch=32,
-                      bc_steps=5, bcq_steps=3, bcq_batch=32, episodes=2, seeds=(0,),
+                      bc_steps=5, bcq_steps=3, bcq_batch=32, cpq_steps=3, cpq_batch=32,
+                      episodes=2, seeds=(0,),
                       fisor_nets={"actor_width": 16, "critic_hidden": (16, 16)})  # fmt: skip
         args.max_eval_steps = args.max_eval_steps or 8
         paths = quick_tasks(out)

@@ -8,7 +8,7 @@ from pathlib import Path
 from saferl.commands import _checks as c
 from saferl.commands._checks import UsageError
 
-METHODS = ["bc_all", "bc_safe", "bcq_lag", "fisor"]
+METHODS = ["bc_all", "bc_safe", "bcq_lag", "cpq", "fisor"]
 
 
 def register(subparsers) -> None:
@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--bcq-steps", type=c.positive_int, default=100_000,
                    help="BCQ-Lag gradient steps")  # fmt: skip
     p.add_argument("--bcq-batch", type=c.positive_int, default=512, help="BCQ-Lag batch size")
+    p.add_argument("--cpq-steps", type=c.positive_int, default=100_000,
+                   help="CPQ gradient steps")  # fmt: skip
+    p.add_argument("--cpq-batch", type=c.positive_int, default=512, help="CPQ batch size")
     p.add_argument("--device", default=None, help=c.DEVICE_HELP)
     p.add_argument("--threads", type=c.positive_int, default=1,
                    help="torch threads per cell (and the default of --cpus-per-cell)")  # fmt: skip
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             "bc_all": {"steps": args.bc_steps},
             "bc_safe": {"steps": args.bc_steps},
             "bcq_lag": {"steps": args.bcq_steps, "batch_size": args.bcq_batch},
+            "cpq": {"steps": args.cpq_steps, "batch_size": args.cpq_batch},
         }  # fmt: skip
         configs = {name: budgets[name] for name in args.methods}
         for name, budget in configs.items():  # checked now (κ: a placeholder)

@@ -7,13 +7,13 @@ import argparse
 from saferl.commands import _checks as c
 from saferl.commands._checks import UsageError
 
-METHODS = ["fisor", "bc_all", "bc_safe", "bcq_lag"]
+METHODS = ["fisor", "bc_all", "bc_safe", "bcq_lag", "cpq"]
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train-offline",
-        help="train FISOR / BC-All / BC-Safe / BCQ-Lag on a DSRL-format dataset",
+        help="train FISOR / BC-All / BC-Safe / BCQ-Lag / CPQ on a DSRL-format dataset",
         description="Train one method, write a safetensors + JSON checkpoint to --out and, "
         "unless --episodes 0, evaluate it with the DSRL protocol (metrics.json).",
     )
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         "--threshold",
         type=c.non_negative_float,
         default=None,
-        help="cost threshold κ for bc_safe / bcq_lag (default: the dataset's first)",
+        help="cost threshold κ for bc_safe / bcq_lag / cpq (default: the dataset's first)",
     )
     p.add_argument("--episodes", type=c.non_negative_int, default=20,
                    help="evaluation episodes (0: no evaluation)")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Offline safe RL: FISOR, BC-All, BC-Safe, BCQ-Lag and the DSRL evaluation protocol.
+"""Offline safe RL: FISOR, BC-All, BC-Safe, BCQ-Lag, CPQ and the DSRL evaluation protocol.
 
 One file per algorithm; :mod:`saferl.offline.registry` names them (``METHODS``), every agent
 follows :class:`~saferl.offline.trainer.OfflineAgent` and trains through
@@ -17,6 +17,7 @@ from saferl.offline.bench import (
     write_results,
 )
 from saferl.offline.buffer import TransitionBuffer
+from saferl.offline.cpq import CPQ, CPQConfig, train_cpq
 from saferl.offline.demo import demo_stage, random_rollouts
 from saferl.offline.evaluate import dsrl_scores, summarize
 from saferl.offline.fisor import (
@@ -49,13 +50,13 @@ from saferl.offline.registry import METHODS, Method, get_method, make_config
 from saferl.offline.trainer import AgentBase, OfflineAgent, config_from_dict, fit
 
 __all__ = [
-    "AgentBase", "BC", "BCConfig", "BCQLag", "BCQLagConfig", "BenchConfig", "EnsembleMLP", "FISOR",
-    "FISORConfig", "FISORNets", "FourierFeatures", "LNResNetNoise", "METHODS", "MLP", "Method",
-    "OfflineAgent", "TransitionBuffer", "actor_loss", "bc_loss", "config_from_dict",
-    "constraint_signal", "demo_stage", "dsrl_scores", "ema_update", "expectile_loss",
-    "feasibility_target", "fit", "get_method", "load_tasks", "make_config", "make_scheduler",
-    "markdown_table", "per_step_cost_threshold", "policy_weights", "q_h_loss", "q_r_loss",
-    "random_rollouts", "reversed_expectile_loss", "run_bench", "scatter_plot", "summarize",
-    "train_bc", "train_bcq_lag", "train_fisor", "v_h_loss", "v_r_loss", "vp_betas",
-    "write_results",
+    "AgentBase", "BC", "BCConfig", "BCQLag", "BCQLagConfig", "BenchConfig", "CPQ", "CPQConfig",
+    "EnsembleMLP", "FISOR", "FISORConfig", "FISORNets", "FourierFeatures", "LNResNetNoise",
+    "METHODS", "MLP", "Method", "OfflineAgent", "TransitionBuffer", "actor_loss", "bc_loss",
+    "config_from_dict", "constraint_signal", "demo_stage", "dsrl_scores", "ema_update",
+    "expectile_loss", "feasibility_target", "fit", "get_method", "load_tasks", "make_config",
+    "make_scheduler", "markdown_table", "per_step_cost_threshold", "policy_weights", "q_h_loss",
+    "q_r_loss", "random_rollouts", "reversed_expectile_loss", "run_bench", "scatter_plot",
+    "summarize", "train_bc", "train_bcq_lag", "train_cpq", "train_fisor", "v_h_loss", "v_r_loss",
+    "vp_betas", "write_results",
 ]  # fmt: skip

@@ -1,7 +1,7 @@
 """DSRL-style benchmark grid: tasks × methods × thresholds × seeds, from dataset files.
 
 Cost-blind or hard-constraint methods (BC-All, FISOR) are trained once per (task, seed) and
-their episodes scored at every threshold; threshold-conditioned methods (BC-Safe, BCQ-Lag) are
+their episodes scored at every threshold; threshold-conditioned methods (BC-Safe, BCQ-Lag, CPQ) are
 trained once per (task, threshold, seed). Each such training is a cell of a
 :mod:`saferl.grid` grid: in this process or as Ray tasks, resumable cell by cell. Results: one
 row per (task, method, threshold, seed), summarised as threshold- and seed-averaged normalised
@@ -185,7 +185,10 @@ def scatter_plot(summary: Sequence[Mapping[str, Any]], path: str | Path) -> None
     fig, ax = plt.subplots(figsize=(6, 4.5))
     markers = "osD^v<>p*"
     tasks = list(dict.fromkeys(r["task"] for r in summary))
-    for m, color in zip(METHODS, ("tab:gray", "tab:blue", "tab:orange", "tab:green"), strict=True):
+    colors = {"bc_all": "tab:gray", "bc_safe": "tab:blue", "bcq_lag": "tab:orange",
+              "cpq": "tab:purple", "fisor": "tab:green"}  # fmt: skip
+    for m in METHODS:
+        color = colors.get(m, "tab:red")
         for ti, t in enumerate(tasks):
             pts = [r for r in summary if r["method"] == m and r["task"] == t]
             if pts:

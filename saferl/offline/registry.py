@@ -4,7 +4,7 @@ the certificates.
 Each :class:`Method` names its config dataclass (one budget name, ``steps``), its trainer
 ``(data, metadata, config, device, progress, writer) -> (agent, log)`` (the agent follows
 :class:`~saferl.offline.trainer.OfflineAgent`), its agent class (for ``load``) and whether it is
-trained per cost threshold κ (BC-Safe, BCQ-Lag) or once for all thresholds (BC-All, FISOR).
+trained per cost threshold κ (BC-Safe, BCQ-Lag, CPQ) or once for all thresholds (BC-All, FISOR).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from saferl.offline.bc import BC, BCConfig, train_bc
 from saferl.offline.bcq_lag import BCQLag, BCQLagConfig, train_bcq_lag
+from saferl.offline.cpq import CPQ, CPQConfig, train_cpq
 from saferl.offline.fisor import FISOR, FISORConfig, train_fisor
 from saferl.offline.trainer import config_from_dict
 
@@ -40,6 +41,7 @@ METHODS: dict[str, Method] = {
     "bc_all": Method("BC-All", BCConfig, train_bc, BC, threshold_conditioned=False),
     "bc_safe": Method("BC-Safe", BCConfig, train_bc, BC, threshold_conditioned=True),
     "bcq_lag": Method("BCQ-Lag", BCQLagConfig, train_bcq_lag, BCQLag, threshold_conditioned=True),
+    "cpq": Method("CPQ", CPQConfig, train_cpq, CPQ, threshold_conditioned=True),
     "fisor": Method("FISOR", FISORConfig, train_fisor, FISOR, threshold_conditioned=False),
 }
 """Every offline method by name."""

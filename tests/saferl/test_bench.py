@@ -26,15 +26,17 @@ def test_bench_cli_writes_table_plot_and_rows(dataset_file, tmp_path):
     argv = ["bench", str(dataset_file), "--seeds", "0", "--episodes", "2",
             "--max-eval-steps", "8", "--fisor-steps", "5", "--fisor-actor-batch", "32",
             "--fisor-critic-batch", "32", "--fisor-width", "16", "--bc-steps", "5",
-            "--bcq-steps", "3", "--out", str(out), "--prefix", "t"]  # fmt: skip
+            "--bcq-steps", "3", "--bcq-batch", "32", "--cpq-steps", "3", "--cpq-batch", "32",
+            "--out", str(out), "--prefix", "t"]  # fmt: skip
     assert main(argv) == 0
     table = (out / "t_table.md").read_text()
-    assert table.splitlines()[0] == "| task | BC-All | BC-Safe | BCQ-Lag | FISOR |"
+    assert table.splitlines()[0] == "| task | BC-All | BC-Safe | BCQ-Lag | CPQ | FISOR |"
     assert "tiny-hopper" in table
     assert (out / "t_scatter.png").stat().st_size > 1000
     rows = json.loads((out / "t_rows.json").read_text())["rows"]
     # threshold-free methods: one training, scored at both κ; the others: one per κ
-    assert len(rows) == 4 * 2
+    assert len(rows) == 5 * 2
+    assert {r["method"] for r in rows} == {"bc_all", "bc_safe", "bcq_lag", "cpq", "fisor"}
     assert {r["threshold"] for r in rows} == {2.0, 5.0}
     for r in rows:
         assert r["safe"] == (r["cost"] <= 1.0)

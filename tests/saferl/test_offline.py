@@ -21,6 +21,7 @@ from saferl.data import (
 )
 from saferl.offline import (
     BC,
+    METHODS,
     BCConfig,
     BCQLag,
     BCQLagConfig,
@@ -28,6 +29,7 @@ from saferl.offline import (
     bc_loss,
     dsrl_scores,
     ema_update,
+    make_config,
     per_step_cost_threshold,
     summarize,
     train_bc,
@@ -288,6 +290,34 @@ def test_bcq_lag_uses_this_steps_lambda_on_min_cost_value():
     lam = stats["values/lambda"].item()
     assert e > 0 and lam == pytest.approx(0.1 * e + 0.003 * e + 0.001 * e, rel=1e-5)
     assert stats["losses/qc_penalty"].item() == pytest.approx(lam * e, rel=1e-5)
+
+
+TINY = {
+    "bc_all": dict(hidden=(8,)),
+    "bc_safe": dict(hidden=(8,)),
+    "bcq_lag": dict(hidden=(8,), vae_hidden=(8,), num_samples=2),
+    "cpq": dict(hidden=(8,), vae_hidden=(8,), num_samples=2),
+    "fisor": dict(actor_width=16, actor_blocks=1, critic_hidden=(8,), time_dim=8,
+                  actor_batch_size=8, critic_batch_size=8),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_registered_method_fits_acts_and_round_trips(name, tmp_path):
+    method = METHODS[name]
+    kappa = 5.0 if method.threshold_conditioned else None
+    batch = {} if name == "fisor" else {"batch_size": 8}
+    config = make_config(name, TINY[name], seed=1, cost_limit=kappa, steps=3, log_every=1,
+                         **batch)  # fmt: skip
+    agent, log = method.train(toy_data(), INFO, config, "cpu")
+    assert isinstance(agent, method.agent) and [row["step"] for row in log] == [1, 2, 3]
+    assert getattr(agent.config, "cost_limit", None) == kappa
+    obs = toy_data()["observations"][:4]
+    act = agent.act(obs)
+    assert act.shape == (4, 2) and np.all(np.abs(act) <= 1)
+    agent.save(tmp_path / name)
+    loaded = method.agent.load(tmp_path / name, "cpu")
+    assert loaded.config == agent.config and type(loaded) is type(agent)
 
 
 def test_rollout_runs_episodes_side_by_side():
