@@ -12,15 +12,25 @@ Model", ICLR 2024. Three parts, trained together from one dataset:
    cloning — inside the feasible region the weight is ``exp(α_r (Q_r − V_r))`` (maximise reward),
    outside it ``exp(α_h (V_h − Q_h))`` (reduce the constraint violation fastest), zero on actions
    that leave the feasible region. At test time ``N`` candidates are sampled and the one with the
-   smallest ``Q_h`` is taken.
+   smallest target-network ``Q_h`` is taken (the official code's ``eval_actions`` scores them with
+   ``safe_target_critic``).
 
 The diffusion model is DDPM with ``T = 5`` steps and the discrete VP schedule, run by diffusers'
 ``DDPMScheduler`` over our noise network :class:`~saferl.offline.networks.LNResNetNoise`.
+
+Optimisers as the official code (``jaxrl5/agents/fisor/fisor.py``, ``configs/train_config.py``):
+Adam for critics and values; AdamW with weight decay 0 for the actor, its learning rate on
+``optax.cosine_decay_schedule(3e-4, decay_steps=3e6)`` counted in actor updates. The schedule
+length is a fixed number of actor updates, not a fraction of the budget: the reference keeps
+3e6 at its 1e6 iterations × 2 actor updates (ending at 0.25× the initial rate) and at its 1e5
+iterations on PointRobot alike, so a short run here decays exactly as far as the reference's
+first iterations do.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +62,12 @@ class FISORConfig:
     critic_lr: float = 3e-4
     """Adam learning rate of Q_r, V_r, Q_h and V_h."""
     actor_lr: float = 3e-4
-    """AdamW learning rate of the noise network (cosine-decayed to 0 over training)."""
+    """AdamW learning rate of the noise network (cosine-decayed over ``actor_decay_steps``)."""
+    actor_weight_decay: float = 0.0
+    """AdamW weight decay of the noise network (reference: ``actor_weight_decay=None`` → 0)."""
+    actor_decay_steps: int | None = 3_000_000
+    """Actor updates over which the learning rate decays by a cosine to 0 and then stays 0; a
+    fixed length whatever ``steps`` is (reference ``decay_steps=int(3e6)``); None: constant."""
     gamma: float = 0.99
     """Discount factor."""
     target_tau: float = 0.005
@@ -114,6 +129,12 @@ class FISORConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"FISORConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.actor_decay_steps is not None and self.actor_decay_steps < 1:
+            raise ValueError(f"FISORConfig.actor_decay_steps must be >= 1 or None, "
+                             f"got {self.actor_decay_steps}")  # fmt: skip
+        if self.actor_weight_decay < 0:
+            raise ValueError(f"FISORConfig.actor_weight_decay must be >= 0, "
+                             f"got {self.actor_weight_decay}")  # fmt: skip
         if self.actor_batch_size % self.actor_splits:
             raise ValueError("actor_batch_size must be divisible by actor_splits")
         for name in ("gamma", "reward_expectile", "feasibility_expectile"):
@@ -151,6 +172,14 @@ def make_scheduler(config: FISORConfig) -> DDPMScheduler:
     )
     scheduler.set_timesteps(config.diffusion_steps)
     return scheduler
+
+
+def cosine_decay(step: int, decay_steps: int | None) -> float:
+    """Learning-rate factor after ``step`` updates: ``½(1 + cos(π·min(step, D)/D))`` (optax's
+    ``cosine_decay_schedule`` with ``alpha = 0``), 1 when ``D = decay_steps`` is None."""
+    if decay_steps is None:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, decay_steps) / decay_steps))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,9 +379,13 @@ class FISOR(AgentBase):
             [*n.q_r.parameters(), *n.v_r.parameters(), *n.q_h.parameters(), *n.v_h.parameters()],
             lr=lr,
         )
-        self.actor_opt = torch.optim.AdamW(n.actor.parameters(), lr=self.config.actor_lr)
-        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.actor_opt, T_max=self.config.steps * self.config.actor_splits
+        self.actor_opt = torch.optim.AdamW(
+            n.actor.parameters(),
+            lr=self.config.actor_lr,
+            weight_decay=self.config.actor_weight_decay,
+        )
+        self.actor_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.actor_opt, lambda k: cosine_decay(k, self.config.actor_decay_steps)
         )
         self.step = 0
 
@@ -406,11 +439,12 @@ class FISOR(AgentBase):
 
     @torch.no_grad()
     def act_tensor(self, obs: torch.Tensor) -> torch.Tensor:
-        """``N`` candidates per state, keep the one with least ``max_e Q_h``; (B, act_dim)."""
+        """``N`` candidates per state, keep the one with least ``max_e Q_h^target`` (the target
+        network, as the reference); (B, act_dim)."""
         num = self.config.num_candidates
         cand = self.sample_candidates(obs, num)  # (B, N, A)
         flat = cand.reshape(-1, self.act_dim)
-        q_h = self.nets.q_h(obs.repeat_interleave(num, dim=0), flat).max(dim=0).values
+        q_h = self.nets.q_h_target(obs.repeat_interleave(num, dim=0), flat).max(dim=0).values
         best = q_h.reshape(-1, num).argmin(dim=1)
         return cand[torch.arange(cand.shape[0], device=self.device), best]
 

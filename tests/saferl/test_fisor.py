@@ -28,6 +28,7 @@ from saferl.offline import (
     v_r_loss,
     vp_betas,
 )
+from saferl.offline.fisor import cosine_decay
 
 SMALL = dict(actor_width=32, actor_blocks=1, critic_hidden=(16, 16), time_dim=8,
              actor_batch_size=16, critic_batch_size=8, steps=10)  # fmt: skip
@@ -176,16 +177,44 @@ def test_actor_loss_matches_manual_forward_diffusion():
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
 
 
-def test_action_selection_is_argmin_qh_of_candidates():
+def test_action_selection_is_argmin_target_qh_of_candidates():
+    """The reference's eval_actions scores candidates with the *target* Q_h (safe_target_critic)."""
     agent = FISOR(3, 2, FISORConfig(**SMALL, num_candidates=7), device="cpu")
+    with torch.no_grad():  # online and target Q_h disagree: the choice must follow the target
+        for p in agent.nets.q_h.parameters():
+            p.mul_(-1.0)
     obs = torch.randn(4, 3)
     agent.generator.manual_seed(11)
     cand = agent.sample_candidates(obs, 7)
     assert cand.shape == (4, 7, 2) and cand.abs().max() <= 1.0
-    q = agent.nets.q_h(obs.repeat_interleave(7, 0), cand.reshape(-1, 2)).max(0).values
-    expected = cand[torch.arange(4), q.reshape(4, 7).argmin(1)]
+    flat_obs, flat = obs.repeat_interleave(7, 0), cand.reshape(-1, 2)
+    q = agent.nets.q_h_target(flat_obs, flat).max(0).values.reshape(4, 7)
+    q_online = agent.nets.q_h(flat_obs, flat).max(0).values.reshape(4, 7)
+    assert not torch.equal(q.argmin(1), q_online.argmin(1))
+    expected = cand[torch.arange(4), q.argmin(1)]
     agent.generator.manual_seed(11)
     torch.testing.assert_close(agent.act_tensor(obs), expected)
+
+
+def test_actor_optimiser_is_the_references():
+    """AdamW, weight decay 0; cosine decay over a fixed 3e6 actor updates, whatever the budget
+    (reference: decay_steps=int(3e6), 2 actor updates per iteration, 1e6 iterations → 0.25×)."""
+    cfg = FISORConfig()
+    assert cfg.actor_weight_decay == 0.0 and cfg.actor_decay_steps == 3_000_000
+    assert cosine_decay(0, 3_000_000) == 1.0
+    assert cosine_decay(1_500_000, 3_000_000) == pytest.approx(0.5)
+    assert cosine_decay(2 * cfg.steps, 3_000_000) == pytest.approx(0.25)  # at the reference's end
+    assert cosine_decay(4_000_000, 3_000_000) == 0.0 and cosine_decay(7, None) == 1.0
+    lrs = []
+    for steps in (10, 100_000):  # the budget does not compress the schedule
+        agent = FISOR(3, 2, FISORConfig(**{**SMALL, "steps": steps}, actor_decay_steps=40),
+                      device="cpu")  # fmt: skip
+        assert agent.actor_opt.param_groups[0]["weight_decay"] == 0.0
+        for _ in range(5):
+            agent.update(tiny_batch(8), tiny_batch(16, seed=3))
+        lrs.append(agent.actor_opt.param_groups[0]["lr"])
+    # 5 iterations × 2 actor updates = 10 of 40: 3e-4 · ½(1 + cos(π/4))
+    assert lrs[0] == lrs[1] == pytest.approx(3e-4 * 0.5 * (1 + math.cos(math.pi / 4)))
 
 
 def test_update_changes_all_nets_and_is_deterministic():
