@@ -1,13 +1,49 @@
 """Planar DSRL-compatible velocity tasks on Gymnasium's own MuJoCo robots.
 
-Safety-Gymnasium's v1 velocity tasks put a cost of 1 on every step whose velocity exceeds a
-per-robot threshold (planar speed for Ant, signed x-velocity for the others); DSRL's velocity
-datasets use the same thresholds. The observations are Gymnasium's v5 ones (Ant without contact
-forces: 27 numbers, as in DSRL).
+**Description.** ``SaferlPlanar-<Robot>Velocity-v1`` for Ant, HalfCheetah, Hopper, Swimmer and
+Walker2d is Safety-Gymnasium's ``Safety<Robot>Velocity-v1``, the task family of DSRL's velocity
+datasets: Gymnasium's **v4** robot (model, observation, reward, termination, reset noise) with a
+velocity cost. ``tests/envs/test_planar_parity.py`` replays Safety-Gymnasium's own recorded
+steps (``tests/envs/data/make_parity.py``) on it.
+
+**Observation, action, reward, episode end.** Those of Gymnasium's v4 env: Ant 27 numbers
+(no contact forces), HalfCheetah 17, Hopper 11, Swimmer 8, Walker2d 17; actions in [-1, 1];
+reward forward velocity + healthy reward (Ant, Hopper, Walker2d: also on the step that ends the
+episode) − control cost (no contact cost); terminated when unhealthy (Ant, Hopper, Walker2d);
+1000 steps.
+
+**Cost** (``info["cost"]``, never in the reward): 1 when the velocity exceeds the robot's
+threshold, strictly, else 0. The velocity (``info["velocity"]``) is the planar speed
+sqrt(vx² + vy²) of the torso for Ant and the signed x-velocity for the others (Swimmer v1
+included; Safety-Gymnasium's Swimmer v0 used the planar speed). Thresholds (Safety-Gymnasium
+v1): Ant 2.6222, HalfCheetah 3.2096, Hopper 0.7402, Swimmer 0.2282, Walker2d 2.3415.
+
+**MuJoCo 2.3 semantics.** Safety-Gymnasium pins MuJoCo 2.3.3; two of its semantics changed
+since, and the v1 tasks keep the old ones:
+
+- MuJoCo 3.5 combines the margins of two touching geoms by their sum where 2.3 took the larger
+  one. Hopper's and Ant's models have margins (0.001, 0.01), so on MuJoCo ≥ 3.5 the v1 tasks
+  halve every geom's margin, which gives every contact exactly its old margin
+  (:func:`_contacts_as_before_3_5`).
+- MuJoCo 2.3 normalised free joints' quaternions in ``qpos`` in place (in ``mj_forward``); 3.0
+  and later normalise a copy. Ant's reset adds noise to its quaternion, so under 2.3 its first
+  observation shows a unit quaternion; the v1 Ant normalises ``qpos`` after ``set_state``
+  (:class:`_SetStateNormalizesQuaternions`).
+
+MuJoCo 4.0 also changed RK4 integration for free joints (Ant) by ~1e-8 per substep; that one
+cannot be undone from a model (see ``tests/envs/test_planar_parity.py``).
+
+**Version history.**
+- v1: Safety-Gymnasium v1 exactly (v4 robots, MuJoCo 2.3 semantics).
+- v0: the same costs and thresholds on Gymnasium's v5 robots, which differ from DSRL's: v5
+  Walker2d has another foot friction, v5 Ant subtracts a contact cost, v5 Ant/Hopper/Walker2d
+  drop the healthy reward on the terminal step. Kept for the datasets and results recorded on
+  it; use v1 for anything compared with DSRL.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -18,32 +54,75 @@ from pathlib import Path
 import gymnasium as gym
 import mujoco
 import numpy as np
+from gymnasium.envs.mujoco.ant_v4 import AntEnv as AntV4
+from gymnasium.envs.mujoco.half_cheetah_v4 import HalfCheetahEnv as HalfCheetahV4
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv as HalfCheetahV5
+from gymnasium.envs.registration import load_env_creator
+
+ROBOTS: tuple[str, ...] = ("Ant", "HalfCheetah", "Hopper", "Swimmer", "Walker2d")
+"""The planar robots (Gymnasium's names)."""
+
+THRESHOLDS: dict[str, float] = {
+    "Ant": 2.6222,
+    "HalfCheetah": 3.2096,
+    "Hopper": 0.7402,
+    "Swimmer": 0.2282,
+    "Walker2d": 2.3415,
+}
+"""Safety-Gymnasium v1 velocity thresholds (``safety_gymnasium/tasks/safe_velocity``)."""
+
+VERSIONS: tuple[int, ...] = (0, 1)
+"""Task versions: 1 = Safety-Gymnasium v1 (v4 robots), 0 = the same costs on v5 robots."""
+
+
+def planar_id(robot: str, version: int = 1) -> str:
+    """The Gymnasium id of a planar velocity task, e.g. ``SaferlPlanar-HopperVelocity-v1``."""
+    return f"SaferlPlanar-{robot}Velocity-v{version}"
 
 
 @dataclass(frozen=True)
 class PlanarTask:
-    """A planar velocity task: the Gymnasium env it wraps and its cost threshold."""
+    """A planar velocity task: the Gymnasium robot it builds on and its velocity cost."""
 
+    robot: str
+    """Gymnasium's robot name (``"Hopper"``)."""
+    version: int
+    """The task's version (the ``-v<N>`` of its id)."""
     base_id: str
+    """Gymnasium id of the robot whose model, observation and reward the task keeps."""
     threshold: float
+    """Velocity above which a step costs 1."""
     planar_speed: bool = False
+    """The cost's velocity: planar speed (True, Ant) or signed x-velocity."""
     base_kwargs: tuple[tuple[str, object], ...] = ()
+    """Keyword arguments for the robot's env (user keywords override them)."""
+    mujoco_2: bool = False
+    """Keep MuJoCo 2.3's semantics where later versions changed them (Safety-Gymnasium pins
+    MuJoCo 2.3.3): contact margins, quaternion normalisation."""
 
 
-PLANAR_TASKS: dict[str, PlanarTask] = {
-    "Ant": PlanarTask("Ant-v5", 2.6222, True, (("include_cfrc_ext_in_observation", False),)),
-    "HalfCheetah": PlanarTask("HalfCheetah-v5", 3.2096),
-    "Hopper": PlanarTask("Hopper-v5", 0.7402),
-    "Walker2d": PlanarTask("Walker2d-v5", 2.3415),
-    "Swimmer": PlanarTask("Swimmer-v5", 0.2282),
-}
+def _tasks() -> dict[str, PlanarTask]:
+    tasks = {}
+    for robot in ROBOTS:
+        ant = robot == "Ant"
+        threshold = THRESHOLDS[robot]
+        tasks[planar_id(robot, 1)] = PlanarTask(robot, 1, f"{robot}-v4", threshold, ant,
+                                                mujoco_2=True)  # fmt: skip
+        v5 = (("include_cfrc_ext_in_observation", False),) if ant else ()
+        tasks[planar_id(robot, 0)] = PlanarTask(robot, 0, f"{robot}-v5", threshold, ant, v5)
+    return tasks
+
+
+PLANAR_TASKS: dict[str, PlanarTask] = _tasks()
+"""Every planar task by its Gymnasium id (v1 and v0 of each robot)."""
 
 
 class VelocityCostWrapper(gym.Wrapper):
     """Adds ``info["cost"]`` = 1{velocity > threshold} to a Gymnasium MuJoCo env.
 
-    The velocity is ``info["x_velocity"]`` (signed), or the planar speed
-    sqrt(x_velocity² + y_velocity²) when ``planar_speed`` is set (Ant). The reward is untouched.
+    The velocity (``info["velocity"]``) is ``info["x_velocity"]`` (signed), or the planar speed
+    sqrt(x_velocity² + y_velocity²) when ``planar_speed`` is set (Ant), computed as
+    Safety-Gymnasium does. The reward is untouched.
     """
 
     def __init__(self, env: gym.Env, threshold: float, planar_speed: bool = False) -> None:
@@ -56,7 +135,7 @@ class VelocityCostWrapper(gym.Wrapper):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         if self.planar_speed:
-            velocity = float(np.hypot(info["x_velocity"], info["y_velocity"]))
+            velocity = float(np.sqrt(info["x_velocity"] ** 2 + info["y_velocity"] ** 2))
         else:
             velocity = float(info["x_velocity"])
         info["velocity"] = velocity
@@ -76,59 +155,140 @@ class _CheckedAction(gym.ActionWrapper):
         return a
 
 
-def make_planar(robot: str, **kwargs) -> gym.Env:
-    """The planar velocity task of ``robot`` (Ant, HalfCheetah, Hopper, Walker2d, Swimmer)."""
-    if robot not in PLANAR_TASKS:
-        raise KeyError(f"unknown planar robot {robot!r}; expected one of {sorted(PLANAR_TASKS)}")
-    task = PLANAR_TASKS[robot]
+def make_planar(robot: str, version: int = 1, **kwargs) -> gym.Env:
+    """The planar velocity task of ``robot`` (Ant, HalfCheetah, Hopper, Swimmer, Walker2d):
+    version 1 = Safety-Gymnasium v1 on the v4 robots, 0 = the same costs on the v5 robots.
+    ``kwargs`` go to the robot's Gymnasium env (e.g. ``render_mode``)."""
+    if robot not in ROBOTS:
+        raise KeyError(f"unknown planar robot {robot!r}; expected one of {list(ROBOTS)}")
+    if version not in VERSIONS:
+        raise KeyError(f"unknown planar task version {version!r}; expected one of {VERSIONS}")
+    task = PLANAR_TASKS[planar_id(robot, version)]
     limb_only = sorted({"max_limbs", "obs_view", "cost_type", "agent", "task"} & set(kwargs))
     if limb_only:
-        raise ValueError(f"{limb_only} apply to the 3D tasks only; SaferlPlanar-{robot}Velocity "
+        raise ValueError(f"{limb_only} apply to the 3D tasks only; {planar_id(robot, version)} "
                          "takes Gymnasium's MuJoCo keyword arguments")  # fmt: skip
-    kwargs = {**dict(task.base_kwargs), **kwargs}
-    if robot == "HalfCheetah" and "xml_file" not in kwargs:
-        kwargs["xml_file"] = str(_without_settotalmass(_gymnasium_asset("half_cheetah.xml")))
-    base = gym.make(task.base_id, **kwargs).unwrapped
+    base = _robot_class(task.base_id, task.mujoco_2)(**{**dict(task.base_kwargs), **kwargs})
+    if task.mujoco_2:
+        _contacts_as_before_3_5(base.model)
     return VelocityCostWrapper(_CheckedAction(base), task.threshold, task.planar_speed)
 
 
-def _gymnasium_asset(name: str) -> Path:
-    """The path of one of Gymnasium's MuJoCo model files."""
-    import gymnasium.envs.mujoco as gym_mujoco
+def _robot_class(base_id: str, mujoco_2: bool = False) -> type:
+    """Gymnasium's env class of ``base_id`` (built directly: no deprecation warning for v4);
+    HalfCheetah's with its masses set after compiling (:class:`_TotalmassAfterCompile`), the
+    v4 Ant's normalising its quaternion after ``set_state`` when ``mujoco_2``."""
+    if mujoco_2 and base_id == "Ant-v4":
+        return _AntV4
+    if base_id in _HALF_CHEETAHS:
+        return _HALF_CHEETAHS[base_id]
+    return load_env_creator(gym.spec(base_id).entry_point)
 
-    return Path(gym_mujoco.__file__).parent / "assets" / name
+
+# --------------------------------------------------------------------------- contact margins
+
+
+@functools.cache
+def _margins_add() -> bool:
+    """Whether this MuJoCo gives a contact the sum of its geoms' margins (≥ 3.5) rather than
+    the larger one: two spheres 0.15 apart with margins 0.1 touch only under the sum."""
+    xml = """<mujoco><worldbody><geom type="sphere" size="0.1" margin="0.1"/>
+      <body pos="0.35 0 0"><freejoint/><geom type="sphere" size="0.1" margin="0.1"/></body>
+      </worldbody></mujoco>"""
+    model = mujoco.MjModel.from_xml_string(xml)
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    return data.ncon > 0
+
+
+def _contacts_as_before_3_5(model: mujoco.MjModel) -> None:
+    """Give every contact of ``model`` the margin and gap MuJoCo < 3.5 gave it (the larger of its
+    two geoms'), in place; nothing to do on MuJoCo < 3.5.
+
+    MuJoCo 3.5 sums the two geoms' values instead, which changes the dynamics wherever margins
+    are nonzero (Hopper's contacts became active at 2 mm instead of 1 mm). When every geom has
+    the same margin m (and gap g), as in all of Gymnasium's v4 models, halving them all gives
+    every pair m (and g) again, exactly (halving is exact in floating point). ValueError for a
+    model whose geoms differ (no per-geom values reproduce the maximum then).
+    """
+    if not _margins_add():
+        return
+    for name in ("geom_margin", "geom_gap"):
+        values = getattr(model, name)
+        if not np.any(values):
+            continue
+        if np.ptp(values) != 0:
+            raise ValueError(f"{name} differs between geoms ({sorted(set(values.tolist()))}); "
+                             "cannot reproduce MuJoCo < 3.5's contact margins")  # fmt: skip
+        values[:] = values / 2
+
+
+class _SetStateNormalizesQuaternions:
+    """A Gymnasium MuJoCo env whose ``set_state`` leaves the free and ball joints' quaternions in
+    ``qpos`` normalised, as MuJoCo 2.3's ``mj_forward`` did (3.0 and later normalise a copy and
+    leave ``qpos`` as set). Gymnasium's resets call ``set_state``, so a reset's observation
+    shows the unit quaternion that Safety-Gymnasium (MuJoCo 2.3.3) shows."""
+
+    def set_state(self, qpos, qvel):
+        super().set_state(qpos, qvel)
+        mujoco.mj_normalizeQuat(self.model, self.data.qpos)
+
+
+class _AntV4(_SetStateNormalizesQuaternions, AntV4):
+    """Gymnasium's ``Ant-v4``, quaternions normalised by ``set_state`` as under MuJoCo 2.3."""
+
+
+# --------------------------------------------------------------------------- HalfCheetah
+
+
+class _TotalmassAfterCompile:
+    """A Gymnasium MuJoCo env whose model file's deprecated ``settotalmass`` compiler attribute
+    is applied after compiling (``mj_setTotalmass`` + ``mj_setConst``, as MuJoCo's deprecation
+    message advises) instead of by the compiler, which warns at every build. The model is the
+    same, field for field (``tests/envs/test_planar_parity.py`` checks it)."""
+
+    def _initialize_simulation(self):
+        self.fullpath, total = _without_settotalmass(Path(self.fullpath))
+        model, data = super()._initialize_simulation()
+        if total is not None:
+            mujoco.mj_setTotalmass(model, total)
+            mujoco.mj_setConst(model, data)
+            mujoco.mj_resetData(model, data)
+        return model, data
+
+
+class _HalfCheetahV4(_TotalmassAfterCompile, HalfCheetahV4):
+    """Gymnasium's ``HalfCheetah-v4``, masses set after compiling."""
+
+
+class _HalfCheetahV5(_TotalmassAfterCompile, HalfCheetahV5):
+    """Gymnasium's ``HalfCheetah-v5``, masses set after compiling."""
+
+
+_HALF_CHEETAHS = {"HalfCheetah-v4": _HalfCheetahV4, "HalfCheetah-v5": _HalfCheetahV5}
 
 
 _TOTALMASS = re.compile(r'\s*settotalmass="([^"]+)"')
 
 
-def _without_settotalmass(path: Path) -> Path:
-    """The model at ``path`` with its masses already scaled to the ``settotalmass`` target.
-
-    MuJoCo deprecates the ``settotalmass`` compiler attribute (and warns at every build). It
-    scales every body's mass and inertia by ``target / total``; scaling the default geom density
-    by the same factor gives the same model (``tests/envs/test_checkers.py`` compares them).
-    The rewritten file is cached in the temp folder, written atomically.
-    """
+def _without_settotalmass(path: Path) -> tuple[str, float | None]:
+    """The model file at ``path`` without its ``settotalmass`` attribute, and that target mass
+    (``(path, None)`` when it has none). The rewritten file is cached in the temp folder,
+    written atomically."""
     text = path.read_text()
     match = _TOTALMASS.search(text)
     if match is None:
-        return path
+        return str(path), None
     stripped = _TOTALMASS.sub("", text, count=1)
-    if "density=" in stripped or "mass=" in stripped:
-        raise ValueError(f"{path.name}: expected geom masses from the default density only")
-    total = float(mujoco.MjModel.from_xml_string(stripped).body_mass.sum())
-    scale = float(match.group(1)) / total
-    scaled = stripped.replace("<geom ", f'<geom density="{1000.0 * scale!r}" ', 1)
-    digest = hashlib.sha256((scaled + mujoco.__version__).encode()).hexdigest()[:12]
-    out = Path(tempfile.gettempdir()) / f"saferl-{path.stem}-{digest}.xml"
+    digest = hashlib.sha256(stripped.encode()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / f"saferl-{path.stem}-nototalmass-{digest}.xml"
     if not out.exists():
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
         try:
             with os.fdopen(fd, "w") as fh:
-                fh.write(scaled)
+                fh.write(stripped)
             os.replace(tmp, out)
         except BaseException:
             os.unlink(tmp)
             raise
-    return out
+    return str(out), float(match.group(1))

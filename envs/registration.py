@@ -2,7 +2,9 @@
 
 3D tasks: ``Saferl3D-<Agent>-v0`` (fixed target direction per episode) and
 ``Saferl3D-<Agent>-Waypoint-v0`` for every catalogue agent, e.g. ``Saferl3D-Walker5-v0`` for
-``walker_5``. Planar tasks: ``SaferlPlanar-<Robot>Velocity-v0``. Episodes last 1000 steps.
+``walker_5``. Planar tasks: ``SaferlPlanar-<Robot>Velocity-v1`` (Safety-Gymnasium v1, on
+Gymnasium's v4 robots, as DSRL's datasets) and ``-v0`` (the same costs on the v5 robots); see
+:mod:`envs.planar`. Episodes last 1000 steps.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import difflib
 import gymnasium as gym
 
 from envs.catalogue import catalogue
-from envs.planar import PLANAR_TASKS
+from envs.planar import PLANAR_TASKS, planar_id
 
 MAX_EPISODE_STEPS = 1000
 _IDS: list[str] = []
@@ -23,10 +25,6 @@ def env_id(agent: str, task: str = "direction") -> str:
     family, _, size = agent.partition("_")
     suffix = {"direction": "", "waypoint": "-Waypoint"}[task]
     return f"Saferl3D-{family.capitalize()}{size}{suffix}-v0"
-
-
-def planar_id(robot: str) -> str:
-    return f"SaferlPlanar-{robot}Velocity-v0"
 
 
 def _register_all() -> None:
@@ -42,12 +40,11 @@ def _register_all() -> None:
                 max_episode_steps=MAX_EPISODE_STEPS,
             )
             _IDS.append(gid)
-    for robot in PLANAR_TASKS:
-        gid = planar_id(robot)
+    for gid, task in PLANAR_TASKS.items():
         gym.register(
             gid,
             entry_point="envs.planar:make_planar",
-            kwargs={"robot": robot},
+            kwargs={"robot": task.robot, "version": task.version},
             max_episode_steps=MAX_EPISODE_STEPS,
         )
         _IDS.append(gid)

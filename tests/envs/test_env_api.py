@@ -101,14 +101,14 @@ def test_waypoint_is_redrawn_when_reached() -> None:
 
 
 def test_planar_cost_uses_safety_gymnasium_thresholds() -> None:
-    env = envs.make("SaferlPlanar-HopperVelocity-v0")
+    env = envs.make("SaferlPlanar-HopperVelocity-v1")
     env.reset(seed=0)
     for _ in range(20):
         _, _, term, _, info = env.step(env.action_space.sample())
         assert info["cost"] == float(info["x_velocity"] > 0.7402)
         if term:
             break
-    ant = envs.make("SaferlPlanar-AntVelocity-v0")
+    ant = envs.make("SaferlPlanar-AntVelocity-v1")
     obs, _ = ant.reset(seed=0)
     assert obs.shape == (27,)
     _, _, _, _, info = ant.step(ant.action_space.sample())
@@ -124,7 +124,7 @@ def test_unknown_id_names_the_expected_ids() -> None:
         envs.suite_ids("Spider++")
 
 
-@pytest.mark.parametrize("env_id", ["Saferl3D-Walker5-v0", "SaferlPlanar-HopperVelocity-v0"])
+@pytest.mark.parametrize("env_id", ["Saferl3D-Walker5-v0", "SaferlPlanar-HopperVelocity-v1"])
 def test_bad_actions_raise_clear_errors(env_id: str) -> None:
     env = envs.make(env_id)
     env.reset(seed=0)
