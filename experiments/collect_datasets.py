@@ -1,7 +1,7 @@
 """Regenerate the toolkit's DSRL-format datasets and their table and spread plots.
 
     python experiments/collect_datasets.py                     # every task, full (small) budget
-    python experiments/collect_datasets.py --tasks SaferlPlanar-HopperVelocity-v0
+    python experiments/collect_datasets.py --tasks SaferlPlanar-HopperVelocity-v1
     python experiments/collect_datasets.py --table-only        # table from existing summaries
     python experiments/collect_datasets.py --quick --data-dir /tmp/d --out /tmp/r
 
@@ -34,13 +34,13 @@ from saferl.data.plot import plot_spread
 # walkers rarely go below 12 per 300 steps, so their κ are 20/30/40 (6-32 % of trajectories safe).
 _KAPPA_3D = (20.0, 30.0, 40.0)
 BUDGETS: dict[str, tuple[int, int, dict, tuple[float, ...] | None]] = {
-    "SaferlPlanar-HopperVelocity-v0": (500, 80_000, {}, None),
-    "SaferlPlanar-SwimmerVelocity-v0": (500, 60_000, {"gamma": 0.9999}, None),  # RL-Zoo's γ
+    "SaferlPlanar-HopperVelocity-v1": (500, 80_000, {}, None),
+    "SaferlPlanar-SwimmerVelocity-v1": (500, 60_000, {"gamma": 0.9999}, None),  # RL-Zoo's γ
     "Saferl3D-Hopper3-v0": (300, 60_000, {}, _KAPPA_3D),
     "Saferl3D-Walker2-v0": (300, 60_000, {}, _KAPPA_3D),
     "Saferl3D-Walker3-v0": (300, 60_000, {}, _KAPPA_3D),
 }
-QUICK_TASK = "SaferlPlanar-HopperVelocity-v0"
+QUICK_TASK = "SaferlPlanar-HopperVelocity-v1"
 
 
 def config_for(task: str, quick: bool, seed: int) -> CollectConfig:

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
         "datasets and a re-run skips them (unless their settings changed).",
     )
     p.add_argument("tasks", nargs="+", metavar="TASK",
-                   help="env ids, e.g. SaferlPlanar-HopperVelocity-v0 "
+                   help="env ids, e.g. SaferlPlanar-HopperVelocity-v1 "
                         "Saferl3D-Hopper3-v0")  # fmt: skip
     p.add_argument("--out", default=None,
                    help="one TASK: the dataset path, .hdf5 or .h5, with the summary (.json) and "

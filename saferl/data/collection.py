@@ -44,7 +44,7 @@ class CollectConfig:
     """Everything one collection run needs (defaults: a small CPU budget)."""
 
     env_id: str
-    """Task id for ``envs.make`` (e.g. ``SaferlPlanar-HopperVelocity-v0``)."""
+    """Task id for ``envs.make`` (e.g. ``SaferlPlanar-HopperVelocity-v1``)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of ``envs.make`` (e.g. ``{"max_limbs": 3}``)."""
     max_episode_steps: int = 1000

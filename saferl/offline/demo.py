@@ -14,7 +14,7 @@ from saferl.data.rollout import rollout, rollout_transitions
 from saferl.offline.evaluate import dsrl_scores
 from saferl.offline.fisor import FISORConfig, train_fisor
 
-DEMO_ENV = "SaferlPlanar-HopperVelocity-v0"
+DEMO_ENV = "SaferlPlanar-HopperVelocity-v1"
 """Task of the in-process demo dataset."""
 
 DEMO_NETS = {"actor_width": 128, "actor_blocks": 2, "critic_hidden": (128, 128),

@@ -19,7 +19,7 @@ import torch
 
 from saferl.cli import build_parser, main
 
-PLANAR = "SaferlPlanar-HopperVelocity-v0"
+PLANAR = "SaferlPlanar-HopperVelocity-v1"
 TINY_COLLECT = ["--steps", "64", "--max-episode-steps", "20", "--checkpoints", "1", "--episodes",
                 "1", "--max-per-cell", "1", "--grid-bins", "2", "--quiet"]  # fmt: skip
 TINY_BENCH = ["--seeds", "0", "--episodes", "1", "--max-eval-steps", "5", "--fisor-steps",
@@ -187,7 +187,7 @@ def test_bc_safe_refuses_a_threshold_no_trajectory_meets(capsys, tmp_path, datas
     assert_user_error(result, "cost return")
 
 
-@pytest.mark.parametrize("env_id", ["Nope-v0", "SaferlPlanar-HoperVelocity-v0"])
+@pytest.mark.parametrize("env_id", ["Nope-v0", "SaferlPlanar-HoperVelocity-v1"])
 def test_collect_reports_an_unknown_env_id_in_one_line(capsys, tmp_path, env_id):
     result = run(capsys, "collect", env_id, "--out", tmp_path / "d.hdf5", *TINY_COLLECT)
     assert_user_error(result, "unknown env id", env_id)

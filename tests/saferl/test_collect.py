@@ -20,7 +20,7 @@ from saferl.data.collection import (
 )
 from saferl.data.rollout import rollout
 
-PLANAR = "SaferlPlanar-HopperVelocity-v0"
+PLANAR = "SaferlPlanar-HopperVelocity-v1"
 
 
 def test_pid_by_hand():

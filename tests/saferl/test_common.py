@@ -81,7 +81,7 @@ def test_sigkill_during_a_large_save_leaves_the_old_file_and_no_temp_file(tmp_pa
 
     path = tmp_path / "d.hdf5"
     small = make(10, 1.0)
-    save_dataset(path, small, infer_metadata(small, "SaferlPlanar-HopperVelocity-v0"))
+    save_dataset(path, small, infer_metadata(small, "SaferlPlanar-HopperVelocity-v1"))
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import sys, numpy as np
@@ -92,7 +92,7 @@ def test_sigkill_during_a_large_save_leaves_the_old_file_and_no_temp_file(tmp_pa
         for k in ("observations", "next_observations", "actions"):
             data[k] = rng.normal(size=(n, 64)).astype(np.float32)
         data["terminals"][:] = 0; data["timeouts"][:] = 0; data["timeouts"][-1] = 1
-        meta = infer_metadata(data, "SaferlPlanar-HopperVelocity-v0")
+        meta = infer_metadata(data, "SaferlPlanar-HopperVelocity-v1")
         print("saving", flush=True)
         save_dataset({str(path)!r}, data, meta)
         print("saved", flush=True)

@@ -41,7 +41,7 @@ def test_out_of_range_float64_is_refused_not_turned_into_inf(tmp_path):
 
 def test_metadata_of_the_wrong_type_names_the_field(tmp_path):
     data = _data()
-    meta = json.loads(infer_metadata(data, "SaferlPlanar-HopperVelocity-v0").to_json())
+    meta = json.loads(infer_metadata(data, "SaferlPlanar-HopperVelocity-v1").to_json())
     for field, bad in (("max_episode_steps", "long"), ("reward_min", "low"),
                        ("cost_thresholds", 10.0), ("env_kwargs", [1])):  # fmt: skip
         _write_raw(tmp_path / "d.hdf5", data, {"saferl_metadata": json.dumps({**meta, field: bad})})
@@ -54,7 +54,7 @@ def test_metadata_of_the_wrong_type_names_the_field(tmp_path):
 
 def test_empty_cost_thresholds_fail_at_once():
     with pytest.raises(ValueError, match="cost_thresholds must be a non-empty list"):
-        DatasetMetadata("SaferlPlanar-HopperVelocity-v0", 10, 0.0, 1.0, 0.0, cost_thresholds=[])
+        DatasetMetadata("SaferlPlanar-HopperVelocity-v1", 10, 0.0, 1.0, 0.0, cost_thresholds=[])
 
 
 def test_a_huge_declared_array_is_refused_before_reading(tmp_path):
@@ -70,7 +70,7 @@ def test_a_huge_declared_array_is_refused_before_reading(tmp_path):
 
 def test_truncated_and_inconsistent_files(tmp_path):
     data = _data()
-    save_dataset(tmp_path / "ok.hdf5", data, infer_metadata(data, "SaferlPlanar-HopperVelocity-v0"))
+    save_dataset(tmp_path / "ok.hdf5", data, infer_metadata(data, "SaferlPlanar-HopperVelocity-v1"))
     raw = (tmp_path / "ok.hdf5").read_bytes()
     (tmp_path / "cut.hdf5").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match="cut.hdf5"):
@@ -82,7 +82,7 @@ def test_truncated_and_inconsistent_files(tmp_path):
 
 def test_bench_refuses_two_datasets_with_one_name(tmp_path):
     data = _data()
-    meta = infer_metadata(data, "SaferlPlanar-HopperVelocity-v0")
+    meta = infer_metadata(data, "SaferlPlanar-HopperVelocity-v1")
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         save_dataset(tmp_path / sub / "hopper.hdf5", data, meta)
@@ -94,7 +94,7 @@ def test_bcq_lag_stops_when_training_diverges():
     """Huge rewards used to train BCQ-Lag to NaN weights that were returned as a policy."""
     data = _data(n=64)
     data["rewards"][:] = 3e38
-    meta = infer_metadata(data, "SaferlPlanar-HopperVelocity-v0")
+    meta = infer_metadata(data, "SaferlPlanar-HopperVelocity-v1")
     config = BCQLagConfig(steps=20, batch_size=16, hidden=(16,), vae_hidden=(16,), log_every=5)
     with pytest.raises(FloatingPointError, match="BCQ-Lag training diverged"):
         train_bcq_lag(data, meta, config, device="cpu")

@@ -42,7 +42,7 @@ def make_data(lengths=(3, 5, 2), obs_dim=4, act_dim=2, seed=0, last_terminal=Tru
 
 def make_meta(**kw):
     values = dict(
-        env_id="SaferlPlanar-HopperVelocity-v0",
+        env_id="SaferlPlanar-HopperVelocity-v1",
         max_episode_steps=5,
         reward_min=-1.0,
         reward_max=2.0,
@@ -63,7 +63,7 @@ def test_round_trip(tmp_path):
     for k in REQUIRED_KEYS:
         assert loaded[k].dtype == np.float32
         np.testing.assert_array_equal(loaded[k], data[k])
-    assert meta.env_id == "SaferlPlanar-HopperVelocity-v0"
+    assert meta.env_id == "SaferlPlanar-HopperVelocity-v1"
     assert (meta.obs_dim, meta.act_dim, meta.num_trajectories) == (4, 2, 3)
     assert meta.cost_thresholds == [1.0, 2.0] and meta.seed == 3
     assert meta.env_kwargs == {"max_limbs": 3}

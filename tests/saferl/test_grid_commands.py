@@ -16,7 +16,7 @@ from saferl.cli import main
 from saferl.common.runtime import torch_threads
 from saferl.data import REQUIRED_KEYS, load_dataset
 
-TASKS = ["SaferlPlanar-SwimmerVelocity-v0", "SaferlPlanar-HopperVelocity-v0"]
+TASKS = ["SaferlPlanar-SwimmerVelocity-v1", "SaferlPlanar-HopperVelocity-v1"]
 TINY_COLLECT = ["--steps", "64", "--checkpoints", "2", "--episodes", "1",
                 "--max-episode-steps", "20", "--quiet"]  # fmt: skip
 TINY_ONLINE = ["--suite", "Hopper++", "--agents", "hopper_3", "--policy", "mlp",

@@ -21,7 +21,7 @@ def test_fisor_quick_run_produces_dsrl_metrics():
     small = FISORConfig(actor_width=32, actor_blocks=1, critic_hidden=(32, 32), time_dim=8,
                         actor_batch_size=64, critic_batch_size=64, actor_splits=1)  # fmt: skip
     out = demo_stage(steps=300, episodes=3, max_eval_steps=60, config=small, device="cpu")
-    assert out["steps"] == 300 and out["env_id"] == "SaferlPlanar-HopperVelocity-v0"
+    assert out["steps"] == 300 and out["env_id"] == "SaferlPlanar-HopperVelocity-v1"
     # scored at the dataset's own thresholds (its metadata), whatever saferl.data's default is
     assert [r["threshold"] for r in out["scores"]] == list(out["metadata"].cost_thresholds)
     assert len(out["scores"]) == 3

@@ -90,7 +90,7 @@ def test_bad_arguments_and_missing_cost():
 
 
 def test_real_env_episode_matches_a_hand_loop():
-    env_id = "SaferlPlanar-HopperVelocity-v0"
+    env_id = "SaferlPlanar-HopperVelocity-v1"
     runs = rollout(lambda o: np.full((len(o), 3), 0.3), lambda: make_env(env_id), 1, seed=5,
                    max_steps=30)  # fmt: skip
     env = envs.make(env_id)
