@@ -76,22 +76,33 @@ def graph_view(obs: Tensor, layout: ObsLayout) -> dict[str, Tensor]:
 
 def hop_distances(parents: Tensor, max_hops: int) -> Tensor:
     """Tree hop distances ``(B, L, L)`` long, capped: pairs further than ``max_hops`` (or not
-    connected, e.g. padding) get ``max_hops + 1``. ``parents`` (B, L) with -1 for roots."""
+    connected, e.g. padding) get ``max_hops + 1``. ``parents`` (B, L) with -1 for roots.
+
+    ``parents`` must describe a forest (every layout of ``envs`` does): a parent outside
+    ``[0, L)`` makes a root. Computed from ancestor sets, found by pointer jumping in
+    ceil(log2(L - 1)) gathers: d(i, j) = |anc(i)| + |anc(j)| - 2 |anc(i) & anc(j)| with
+    ancestors counted inclusive of the limb itself (shared ancestors: the path to the LCA).
+    """
     batch, n = parents.shape
-    valid = (parents >= 0) & (parents < n)
-    child_to_parent = F.one_hot(parents.clamp(0, n - 1), n).to(torch.float32)
-    child_to_parent = child_to_parent * valid.unsqueeze(-1)
-    adjacency = child_to_parent + child_to_parent.transpose(1, 2)
-    eye = torch.eye(n, device=parents.device).expand(batch, n, n)
-    reach = eye > 0
-    dist = torch.full((batch, n, n), max_hops + 1, dtype=torch.long, device=parents.device)
-    dist = dist.masked_fill(reach, 0)
-    for hop in range(1, max_hops + 1):
-        grown = (reach.to(torch.float32) @ adjacency) > 0
-        newly = grown & ~reach
-        dist = dist.masked_fill(newly, hop)
-        reach = reach | grown
-    return dist
+    idx = torch.arange(n, device=parents.device).expand(batch, n)
+    jump = torch.where((parents >= 0) & (parents < n), parents, idx)  # roots point to themselves
+    anc = (F.one_hot(idx, n) + F.one_hot(jump, n)) > 0  # ancestors within 1 step, (B, L, L)
+    for _ in range(max(n - 2, 0).bit_length()):  # within 2, 4, ... >= L - 1 steps
+        anc = anc | anc.gather(1, jump.unsqueeze(-1).expand(batch, n, n))
+        jump = jump.gather(1, jump)
+    anc = anc.to(torch.float32)
+    shared = (anc.unsqueeze(2) * anc.unsqueeze(1)).sum(-1)
+    count = anc.sum(-1)
+    dist = count.unsqueeze(2) + count.unsqueeze(1) - 2.0 * shared
+    return dist.long().masked_fill((shared == 0) | (dist > max_hops), max_hops + 1)
+
+
+def hop_onehot(parents: Tensor, max_hops: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One-hot capped hop distances ``(max_hops + 2, L * L * B)`` in the limb-major layout of
+    :func:`limb_attention` (column ``(i * L + j) * B + b``): a learned table ``(K, H)`` turns
+    it into the graph bias by one matrix product (no embedding gather to differentiate)."""
+    dist = hop_distances(parents, max_hops).permute(1, 2, 0).reshape(-1)
+    return F.one_hot(dist, max_hops + 2).to(dtype).t()
 
 
 class GraphBias(torch.nn.Module):
@@ -106,7 +117,33 @@ class GraphBias(torch.nn.Module):
     def forward(self, parents: Tensor) -> Tensor:
         """``parents`` (B, L) -> bias (B, heads, L, L)."""
         dist = hop_distances(parents, self.max_hops)
-        return self.table(dist).permute(0, 3, 1, 2)
+        onehot = F.one_hot(dist, self.max_hops + 2).to(self.table.weight.dtype)
+        return (onehot @ self.table.weight).permute(0, 3, 1, 2)
+
+
+def key_padding_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Additive logit bias ``(L, B)`` of the limb-major layout: 0 on real limbs (``mask``
+    (B, L) true), :data:`NEG_INF` on padded ones, which then get exactly 0 attention weight
+    (every sample has a real torso, whose logit is finite)."""
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask.t(), zero, torch.full_like(zero, NEG_INF))
+
+
+def limb_attention(q: Tensor, k: Tensor, bias: Tensor) -> Tensor:
+    """Attention weights over limbs in the batch-innermost layout.
+
+    ``q``, ``k`` (..., dh, L, B) -> weights (..., L, L', B), softmax over the keys L';
+    ``bias`` broadcastable to (..., L, L', B) is added to the scaled logits (graph bias,
+    :func:`key_padding_bias`). Broadcast products over a batch-innermost layout replace the
+    batched 5 x 5 matrix products, which CPUs run one small GEMM at a time.
+    """
+    logits = (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-4)
+    return torch.softmax(torch.add(bias, logits, alpha=q.shape[-3] ** -0.5), dim=-2)
+
+
+def attend(weights: Tensor, values: Tensor) -> Tensor:
+    """Messages ``(..., F, L, B)`` = weights (..., L, L', B) applied to values (..., F, L', B)."""
+    return (weights.unsqueeze(-4) * values.unsqueeze(-3)).sum(-2)
 
 
 def masked_softmax_attention(

@@ -25,6 +25,7 @@ one Q per limb, mean over real limbs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,11 @@ from torch import Tensor, nn
 from envs.layout import NUM_SCALARS, NUM_VECTORS, VECTOR_INDEX, ObsLayout, vector_slice, xyz
 from saferl.policies.graph import (
     GraphBias,
+    attend,
     graph_view,
-    masked_mean,
-    masked_softmax_attention,
+    hop_onehot,
+    key_padding_bias,
+    limb_attention,
 )
 
 GRAVITY, TARGET = VECTOR_INDEX["gravity"], VECTOR_INDEX["target"]
@@ -79,38 +82,147 @@ def gram_size(channels: int) -> int:
     return (channels + 2) ** 2
 
 
-# Speed (same function, fewer FLOPs): the Gram matrix is symmetric, so a linear map of its
-# flattened entries, sum_ij W[:, ij] G_ij, equals sum_{i<=j} W'[:, ij] G_ij with the folded
-# weight W'_ij = W_ij + W_ji (i < j), W'_ii = W_ii. The layers keep their full-Gram weights
-# (checkpoints and gram_invariants unchanged) and fold them on the fly; only the upper
-# triangle of the Gram matrix is fed in, almost halving the widest matmuls of SET.
+# Speed (same function, laid out for CPUs). SET's per-limb operations are tiny (3 x (m+2)
+# blocks, 5 x 5 attention), so batched matrix products would run one small GEMM per limb.
+# Inside the network the limb tokens are instead the last (column) dimension, in limb-major
+# order (token l * B + b, padding left out, :class:`_Graph`), so each step is one large GEMM or
+# a broadcast product that vectorises over the batch: h (N, d) token rows (LayerNorm,
+# residuals), z (m, 3, N) vector channels, Gram features (T, N), attention (H, L, L', B).
+# The Gram matrix is symmetric, so a linear map of its flattened entries,
+# sum_ij W[:, ij] G_ij, equals sum_{i<=j} W'[:, ij] G_ij with W'_ij = W_ij + W_ji (i < j),
+# W'_ii = W_ii: only its upper triangle is built (:class:`_GramTriangle`), and the layers keep
+# their full-Gram weights (checkpoints unchanged), folded on the fly.
+
+
+def _linear_cols(x: Tensor, linear: nn.Linear, weight: Tensor | None = None) -> Tensor:
+    """``linear`` on feature columns: ``x`` (in, N) -> (out, N); ``weight`` replaces its
+    weight (a folded one)."""
+    weight = linear.weight if weight is None else weight
+    return torch.addmm(linear.bias.unsqueeze(1), weight, x)
+
+
+def _linear_rows(x: Tensor, linear: nn.Linear) -> Tensor:
+    """``linear`` from feature columns to token rows: ``x`` (in, N) -> (N, out)."""
+    return torch.addmm(linear.bias, x.t(), linear.weight.t())
+
+
+def _mix(weight: Tensor, z: Tensor) -> Tensor:
+    """:class:`VectorMix` on channel rows: ``weight`` (c_in, c_out), ``z`` (c_in, 3, N)
+    -> (c_out, 3, N)."""
+    return torch.mm(weight.t(), z.flatten(1)).view(-1, *z.shape[1:])
+
+
+class _GramTriangle(torch.autograd.Function):
+    """Normalised upper triangle of the Gram matrix of ``zc`` (k, 3, N) -> (T, N),
+    T = k(k+1)/2: row p = (i, j), i <= j (``torch.triu_indices`` order), holds
+    G_ij = sum_c zc[i, c] zc[j, c], divided by (||G||_F + 1).
+
+    Written out by hand: the forward pass is two gathers, a product and a sum, and the backward
+    pass d zc_i = sum_j D_ij zc_j (D symmetric from the triangle's gradient, diagonal doubled)
+    one gather, a product and a sum; autograd's graph of the same ops has three times as many
+    small kernels and temporaries, which dominate at these sizes on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, zc: Tensor, tri: _Triangle) -> Tensor:
+        k, _, n = zc.shape
+        flat = zc.reshape(k, 3 * n)
+        prod = flat.index_select(0, tri.rows).mul_(flat.index_select(0, tri.cols))
+        gram = prod.view(-1, 3, n).sum(1)
+        root = torch.mv((gram * gram).t(), tri.square_weight.to(zc.dtype)).sqrt()  # ||G||_F
+        norm = root + 1.0
+        out = gram / norm
+        ctx.save_for_backward(zc, out, root, norm)
+        ctx.tri = tri
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        zc, out, root, norm = ctx.saved_tensors
+        tri: _Triangle = ctx.tri
+        k, _, n = zc.shape
+        weight = tri.square_weight.to(zc.dtype).unsqueeze(1)
+        # out = G / (r + 1), r = sqrt(sum_p w_p G_p^2): dG = g / (r + 1) - w out (g . out) / r
+        coef = (grad * out).sum(0) / root.clamp(min=torch.finfo(root.dtype).tiny)
+        d_gram = grad / norm - weight * out * coef
+        d_gram = d_gram * (3.0 - weight)  # D_ii = 2 dG_ii
+        sym = d_gram.index_select(0, tri.symmetric).view(k, k, 1, n)
+        return (sym * zc).sum(1), None
 
 
 class _Triangle(nn.Module):
-    """Index buffers of the upper triangle of a k x k Gram matrix (k = channels + 2)."""
+    """Upper triangle of the Gram matrix of k = channels + 2 vector channels: index buffers,
+    the features (:class:`_GramTriangle`) and the folding of full-Gram weights onto them."""
 
     def __init__(self, k: int) -> None:
         super().__init__()
         self.k = k
         rows, cols = torch.triu_indices(k, k)
+        diag = (rows == cols).to(torch.float32)
+        position = torch.zeros(k, k, dtype=torch.long)
+        position[rows, cols] = position[cols, rows] = torch.arange(len(rows))
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
         self.register_buffer("upper", rows * k + cols, persistent=False)
-        self.register_buffer("lower", cols * k + rows, persistent=False)
-        self.register_buffer("offdiag", (rows != cols).to(torch.float32), persistent=False)
+        self.register_buffer("symmetric", position.flatten(), persistent=False)
+        # ||G||_F^2 = sum over the triangle of G_ij^2, off-diagonal entries counted twice
+        self.register_buffer("square_weight", 2.0 - diag, persistent=False)
+        self.register_buffer("half_diag", 1.0 - 0.5 * diag, persistent=False)
 
     def gram(self, zc: Tensor) -> Tensor:
-        """Upper triangle of :func:`gram_invariants` of ``zc = [Z, g, d]`` (..., 3, k)."""
-        gram = (zc.transpose(-1, -2) @ zc).flatten(-2)  # (..., k*k)
-        norm = torch.linalg.vector_norm(gram, dim=-1, keepdim=True) + 1.0
-        return gram.index_select(-1, self.upper) / norm
+        """Triangle of :func:`gram_invariants` of ``zc = [Z, g, d]`` (k, 3, N) -> (T, N)."""
+        return _GramTriangle.apply(zc, self)
 
     def fold(self, weight: Tensor, start: int) -> Tensor:
         """``weight`` (out, a + k*k + b) of a linear map on [x, flat Gram, y] (``start`` = a)
-        -> the weight (out, a + k(k+1)/2 + b) of the same map on [x, upper triangle, y]."""
-        end = start + self.k * self.k
-        w_gram = weight[:, start:end]
-        folded = w_gram.index_select(1, self.upper)
-        folded = folded + w_gram.index_select(1, self.lower) * self.offdiag
-        return torch.cat([weight[:, :start], folded, weight[:, end:]], 1)
+        -> the weight (out, a + T + b) of the same map on [x, triangle, y]."""
+        k = self.k
+        before, w_gram, after = weight.split([start, k * k, weight.shape[1] - start - k * k], 1)
+        w_gram = w_gram.view(-1, k, k)
+        sym = (w_gram + w_gram.transpose(1, 2)).flatten(1)
+        return torch.cat([before, sym.index_select(1, self.upper) * self.half_diag, after], 1)
+
+    def linear(self, linear: nn.Linear, before: Tensor | None, zc: Tensor, after: Tensor | None
+               ) -> Tensor:  # fmt: skip
+        """``linear`` on the feature columns [before, Gram(zc), after] (either may be None)
+        -> (out, N)."""
+        parts = [x for x in (before, self.gram(zc), after) if x is not None]
+        start = 0 if before is None else before.shape[0]
+        return _linear_cols(torch.cat(parts), linear, self.fold(linear.weight, start))
+
+
+class _Tokens(torch.autograd.Function):
+    """(..., L, B) grid -> (..., N) kept tokens, slot by slot (:class:`_Graph`); its gradient is
+    the grid of the tokens' gradient (one copy each way, where slicing would cost a zero grid
+    per slot in the backward pass)."""
+
+    @staticmethod
+    def forward(ctx: Any, grid: Tensor, graph: _Graph) -> Tensor:
+        ctx.graph = graph
+        return torch.cat([grid[..., slot, :c] for slot, c in enumerate(graph.counts)], -1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _Grid.apply(grad, ctx.graph), None
+
+
+class _Grid(torch.autograd.Function):
+    """(..., N) kept tokens -> (..., L, B) grid, zero where no token was kept."""
+
+    @staticmethod
+    def forward(ctx: Any, tokens: Tensor, graph: _Graph) -> Tensor:
+        ctx.graph = graph
+        limbs, batch = graph.shape
+        zeros = tokens.new_zeros(*tokens.shape[:-1], batch)
+        parts, start = [], 0
+        for c in graph.counts:
+            parts += [tokens[..., start : start + c], zeros[..., c:]]
+            start += c
+        return torch.cat(parts, -1).unflatten(-1, (limbs, batch))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _Tokens.apply(grad, ctx.graph), None
 
 
 class VectorMix(nn.Module):
@@ -122,6 +234,55 @@ class VectorMix(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return z @ self.weight
+
+
+class _Graph:
+    """One batch in SET's layout: (L, B) grids and N limb tokens in limb-major order.
+
+    Samples are sorted by their number of real limbs (most first), so that in each limb slot
+    l the real limbs are the first ``counts[l]`` samples: only those N = sum(counts) tokens
+    enter the per-limb computations (padding costs nothing there; attention runs on the full
+    (L, B) grid, padded keys at weight 0). With masks that are not a prefix of the limb rows
+    some padded tokens stay in, which is correct, only slower.
+
+    ``view`` is a :func:`graph_view`, ``extra`` (B, L, e) scalars appended to the limbs'.
+    """
+
+    def __init__(self, view: dict[str, Tensor], extra: Tensor | None, max_hops: int) -> None:
+        batch, limbs = view["mask"].shape
+        self.shape = (limbs, batch)
+        self.order = torch.argsort(view["mask"].sum(1), descending=True, stable=True)
+        """(B,) the sample at each sorted position."""
+        mask = view["mask"][self.order].t()  # (L, B)
+        last = (mask * torch.arange(1, batch + 1, device=mask.device)).amax(1)
+        self.counts = [int(c) for c in last.tolist()]
+        """Tokens kept per limb slot: the first counts[l] sorted samples."""
+        scalars = view["scalars"] if extra is None else torch.cat([view["scalars"], extra], -1)
+        dtype = scalars.dtype
+        self.mask = mask.to(dtype)
+        """(L, B) 1 on real limbs."""
+        self.key_bias = key_padding_bias(mask.t(), dtype)
+        """(L, B) 0 on real limbs, NEG_INF on padding."""
+        self.hops = hop_onehot(view["parents"][self.order], max_hops, dtype)
+        """(max_hops + 2, L * L * B) one-hot hop distances."""
+        self.vectors = self.tokens(view["vectors"][self.order].permute(2, 3, 1, 0))
+        """(8, 3, N) limb vectors as channel rows."""
+        self.gd = self.vectors[[GRAVITY, TARGET]]
+        """(2, 3, N) g and d, appended to the vector channels of every layer."""
+        self.scalars = self.tokens(scalars[self.order].permute(2, 1, 0))
+        """(S, N) limb scalars (plus extra inputs) as feature columns."""
+
+    def tokens(self, grid: Tensor) -> Tensor:
+        """(..., L, B) -> (..., N): the kept tokens, slot by slot."""
+        return _Tokens.apply(grid, self)
+
+    def grid(self, tokens: Tensor) -> Tensor:
+        """(..., N) -> (..., L, B), zero where no token was kept."""
+        return _Grid.apply(tokens, self)
+
+    def unsort(self, x: Tensor, dim: int = 0) -> Tensor:
+        """Sorted samples along ``dim`` -> the caller's sample order."""
+        return x.index_select(dim, torch.argsort(self.order))
 
 
 class SETLayer(nn.Module):
@@ -147,38 +308,34 @@ class SETLayer(nn.Module):
         nn.init.zeros_(self.ff_coeff.bias)
         self.tri = _Triangle(m + 2)
 
-    def forward(
-        self, h: Tensor, z: Tensor, gd: Tensor, mask: Tensor, parents: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """h (B, L, d) invariant, z (B, L, 3, m) equivariant -> updated (h, z)."""
-        return self._forward(h, z, gd, mask, self.bias(parents) if self.bias else None)
-
-    def _forward(
-        self, h: Tensor, z: Tensor, gd: Tensor, mask: Tensor, bias: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        b, n, d = h.shape
-        zc = torch.cat([z, gd], -1)  # [Z, g, d], shared by the Gram and the value mix
-        w_qkv = self.tri.fold(self.qkv.weight, d)
-        qkv = F.linear(torch.cat([self.norm_attn(h), self.tri.gram(zc)], -1), w_qkv, self.qkv.bias)
-        q, k, v = qkv.reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        attn = masked_softmax_attention(q, k, mask, bias)  # (B, H, L, L), invariant
-        # vector messages: the same weights on bias-free mixes of [z, g, d] (equivariant)
-        zv = self.vec_value(zc).reshape(b, n, 3 * self.heads, self.m)
-        zv = zv.reshape(b, n, 3, self.heads, self.m).permute(0, 3, 1, 2, 4).flatten(3)
-        msg = attn @ torch.cat([v, zv], -1)  # one product for scalar and vector messages
-        dh = v.shape[-1]
-        h = h + self.out(msg[..., :dh].transpose(1, 2).reshape(b, n, -1))
-        msg_vec = msg[..., dh:].reshape(b, self.heads, n, 3, self.m).permute(0, 2, 3, 1, 4)
-        z = z + self.vec_out(msg_vec.reshape(b, n, 3, -1))
+    def forward(self, h: Tensor, z: Tensor, graph: _Graph) -> tuple[Tensor, Tensor]:
+        """h (N, d) invariant, z (m, 3, N) equivariant -> updated (h, z)."""
+        n, d = h.shape
+        limbs, batch = graph.shape
+        bias = graph.key_bias
+        if self.bias is not None:  # graph bias (first layer): table (K, H) -> (H, L, L, B)
+            table = self.bias.table.weight.t()
+            bias = (table @ graph.hops).view(self.heads, limbs, limbs, batch) + bias
+        # attention: q, k, v from [LN(h), Gram([Z, g, d])]; weights invariant
+        zc = torch.cat([z, graph.gd])
+        qkv = self.tri.linear(self.qkv, self.norm_attn(h).t(), zc, None)
+        # vector values: the same weights on bias-free mixes of [z, g, d] (equivariant)
+        zv = _mix(self.vec_value.weight, zc).view(-1, n)
+        grid = graph.grid(torch.cat([qkv, zv]))  # one trip to the (L, B) grid
+        qkv, zv = grid.split([3 * d, zv.shape[0]])
+        q, k, v = qkv.unflatten(0, (3, self.heads, -1)).unbind(0)  # (H, dh, L, B)
+        attn = limb_attention(q, k, bias)  # (H, L, L', B)
+        zv = zv.unflatten(0, (self.heads, -1))  # (H, m * 3, L, B)
+        msg = torch.cat([attend(attn, v).flatten(0, 1), attend(attn, zv).flatten(0, 1)])
+        msg, msg_vec = graph.tokens(msg).split([d, zv.shape[0] * zv.shape[1]])
+        h = h + _linear_rows(msg, self.out)
+        z = z + _mix(self.vec_out.weight, msg_vec.unflatten(0, (-1, 3)))
         # feed-forward: f(Z, h) = [Z, g, d] sigma(Gram, h)   (SGNN basic map)
-        zc = torch.cat([z, gd], -1)
-        w_ff = self.tri.fold(self.ff[0].weight, d)
-        hidden = F.silu(
-            F.linear(torch.cat([self.norm_ff(h), self.tri.gram(zc)], -1), w_ff, self.ff[0].bias)
-        )
-        h = h + self.ff_scalar(hidden)
-        coeff = self.ff_coeff(hidden).reshape(b, n, self.m + 2, self.m)
-        z = z + zc @ coeff
+        zc = torch.cat([z, graph.gd])
+        hidden = F.silu(self.tri.linear(self.ff[0], self.norm_ff(h).t(), zc, None))
+        h = h + _linear_rows(hidden, self.ff_scalar)
+        coeff = _linear_cols(hidden, self.ff_coeff).view(self.m + 2, self.m, 1, n)
+        z = z + (zc.unsqueeze(1) * coeff).sum(0)
         return h, z
 
 
@@ -198,23 +355,32 @@ class SETBackbone(nn.Module):
         self.layers = nn.ModuleList(SETLayer(cfg, first=i == 0) for i in range(cfg.layers))
         self.tri = _Triangle(m + 2)
 
+    def graph(self, view: dict[str, Tensor], extra: Tensor | None = None) -> _Graph:
+        """The batch of ``view`` (:func:`graph_view`) in SET's layout; ``extra`` (B, L, e)."""
+        return _Graph(view, extra, self.cfg.max_hops)
+
+    def run(self, graph: _Graph) -> tuple[Tensor, Tensor]:
+        """The batch ``graph`` -> h (N, d) invariant, z (m, 3, N) equivariant."""
+        z = _mix(self.embed_vec.weight, graph.vectors)
+        first, act, second = self.embed
+        h = act(self.tri.linear(first, None, torch.cat([z, graph.gd]), graph.scalars))
+        h = _linear_rows(h, second)
+        for layer in self.layers:
+            h, z = layer(h, z, graph)
+        return h, z
+
     def forward(
         self, obs: Tensor, extra: Tensor | None = None, view: dict[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
-        """``obs`` (B, flat_dim), ``extra`` (B, L, e) scalars -> graph view plus h, z, gd.
+        """``obs`` (B, flat_dim), ``extra`` (B, L, e) scalars -> graph view plus h (B, L, d),
+        z (B, L, 3, m), gd (B, L, 3, 2) (zero on padded limbs).
 
         ``view``: the :func:`graph_view` of ``obs`` when the caller has decoded it already."""
         view = graph_view(obs, self.layout) if view is None else view
-        vectors = view["vectors"].transpose(-1, -2)  # (B, L, 3, 8): channels last
-        gd = vectors[..., [GRAVITY, TARGET]]
-        z = self.embed_vec(vectors)
-        scalars = view["scalars"] if extra is None else torch.cat([view["scalars"], extra], -1)
-        first, act, second = self.embed
-        inv = self.tri.gram(torch.cat([z, gd], -1))
-        h = F.linear(torch.cat([inv, scalars], -1), self.tri.fold(first.weight, 0), first.bias)
-        h = second(act(h))
-        for layer in self.layers:
-            h, z = layer(h, z, gd, view["mask"], view["parents"])
+        graph = self.graph(view, extra)
+        h, z = self.run(graph)
+        grids = (graph.grid(x) for x in (h.t(), z, graph.gd))
+        h, z, gd = (graph.unsort(x.permute(*reversed(range(x.dim())))) for x in grids)
         return {**view, "h": h, "z": z, "gd": gd}
 
 
@@ -234,17 +400,14 @@ class SETActor(nn.Module):
         self.coeff = nn.Linear(self.cfg.width, self.cfg.channels + 2)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return torch.tanh(self.pre_activation(obs))
-
-    def pre_activation(self, obs: Tensor) -> Tensor:
-        """Torques before tanh, (B, L*3): the invariant scalars axis_k . u, 0 on the torso and
-        padded rows (``forward`` is tanh of this; SAC and PPO use it as a Gaussian mean)."""
-        out = self.backbone(obs)
-        coeff = self.coeff(self.norm(out["h"]))  # (B, L, m+2)
-        u = torch.einsum("blci,bli->blc", torch.cat([out["z"], out["gd"]], -1), coeff)
-        axes = out["vectors"][:, :, AXES, :]  # (B, L, 3 hinges, 3)
-        pre = torch.einsum("blkc,blc->blk", axes, u)
-        return (pre * out["act_mask"].unsqueeze(-1)).flatten(1)
+        view = graph_view(obs, self.layout)
+        graph = self.backbone.graph(view)
+        h, z = self.backbone.run(graph)
+        coeff = _linear_cols(self.norm(h).t(), self.coeff)  # (m+2, N)
+        u = (torch.cat([z, graph.gd]) * coeff.unsqueeze(1)).sum(0)  # (3, N)
+        torques = torch.tanh((graph.vectors[AXES] * u).sum(1))  # (3 hinges, N)
+        torques = graph.unsort(graph.grid(torques).permute(2, 1, 0))  # (B, L, 3)
+        return (torques * view["act_mask"].unsqueeze(-1)).flatten(1)
 
 
 class SETCritic(nn.Module):
@@ -260,5 +423,9 @@ class SETCritic(nn.Module):
     def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
         view = graph_view(obs, self.layout)
         actions = actions * view["act_mask"].unsqueeze(-1)  # unactuated rows carry no signal
-        out = self.backbone(obs, extra=actions)
-        return masked_mean(self.head(out["h"]), out["mask"])
+        graph = self.backbone.graph(view, extra=actions)
+        h, _ = self.backbone.run(graph)
+        norm, linear = self.head
+        q = graph.grid(_linear_cols(norm(h).t(), linear)[0])  # (L, B)
+        q = (q * graph.mask).sum(0) / graph.mask.sum(0).clamp(min=1.0)
+        return graph.unsort(q).unsqueeze(-1)

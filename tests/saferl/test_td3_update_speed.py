@@ -1,5 +1,6 @@
 """The TD3-update speed work keeps what SET computes: outputs pinned from the code before the
-speed-ups (seeded weights and inputs), and the quick benchmark runs end to end."""
+speed-ups (seeded weights and inputs), hop distances, Gram features and hand-written gradients
+checked against their definitions, and the quick benchmark runs end to end."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from envs.layout import ObsLayout
-from saferl.policies.set import SETActor, SETConfig, SETCritic
+from saferl.policies.graph import hop_distances
+from saferl.policies.set import SETActor, SETConfig, SETCritic, _Triangle, gram_invariants
 
 CFG = SETConfig(width=16, ff=32, heads=2, layers=2, channels=4)
 
@@ -78,3 +80,86 @@ def test_pinned_critic_is_deterministic(kind: str) -> None:
     _, critic = pinned_nets()
     obs, actions = inputs()
     torch.testing.assert_close(critic(obs, actions), critic(obs, actions), atol=0, rtol=0)
+
+
+def bfs_hops(parents: list[int], max_hops: int) -> list[list[int]]:
+    """Hop distances by breadth-first search over the undirected tree (the definition)."""
+    n = len(parents)
+    nbrs: list[list[int]] = [[] for _ in range(n)]
+    for child, parent in enumerate(parents):
+        if 0 <= parent < n and parent != child:
+            nbrs[child].append(parent)
+            nbrs[parent].append(child)
+    dist = [[max_hops + 1] * n for _ in range(n)]
+    for src in range(n):
+        dist[src][src], frontier = 0, [src]
+        for hop in range(1, max_hops + 1):
+            frontier = [j for i in frontier for j in nbrs[i] if dist[src][j] > hop]
+            for j in frontier:
+                dist[src][j] = hop
+    return dist
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9, 14])
+def test_hop_distances_match_breadth_first_search(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    for _ in range(20):
+        labels = torch.randperm(n, generator=gen).tolist()  # parents need not precede children
+        parents = [-1] * n
+        for i in range(1, n):
+            if torch.rand((), generator=gen) > 0.15:  # else a new root (a forest)
+                parents[labels[i]] = labels[int(torch.randint(i, (), generator=gen))]
+        for max_hops in (1, 3, 6):
+            got = hop_distances(torch.tensor([parents]), max_hops)[0]
+            assert got.tolist() == bfs_hops(parents, max_hops)
+
+
+def test_gram_triangle_matches_gram_invariants_and_its_gradient() -> None:
+    gen = torch.Generator().manual_seed(0)
+    tri = _Triangle(5)
+    zc = torch.randn(5, 3, 7, generator=gen)  # (k, 3, N)
+    full = gram_invariants(zc[:3].permute(2, 1, 0), zc[3:].permute(2, 1, 0))  # (N, k*k)
+    torch.testing.assert_close(tri.gram(zc).t(), full[:, tri.upper], atol=1e-6, rtol=0)
+    zc = zc.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: tri.double().gram(x), (zc,))
+
+
+def test_batch_of_mixed_morphologies_equals_samples_alone() -> None:
+    """Sorting by limb count and leaving padding out of the per-limb work is invisible: a
+    batch (including a mask with a hole) gives each sample's own outputs."""
+    actor, critic = pinned_nets()
+    obs, actions = inputs()
+    _, _, s1, m1, _ = ObsLayout(5).bounds()
+    obs = torch.cat([obs, obs[2:3]])
+    obs[4, s1 + 1] = 0.0  # limb 1 masked out, limbs 2-4 real
+    actions = torch.cat([actions, actions[2:3]])
+    with torch.no_grad():
+        alone_a = torch.cat([actor(obs[i : i + 1]) for i in range(5)])
+        alone_q = torch.cat([critic(obs[i : i + 1], actions[i : i + 1]) for i in range(5)])
+        torch.testing.assert_close(actor(obs), alone_a, atol=1e-6, rtol=0)
+        torch.testing.assert_close(critic(obs, actions), alone_q, atol=1e-6, rtol=0)
+
+
+CHECKED_WEIGHTS = [
+    "backbone.embed_vec.weight",
+    "backbone.embed.0.weight",
+    "backbone.layers.0.qkv.weight",
+    "backbone.layers.0.bias.table.weight",
+    "backbone.layers.1.ff_coeff.weight",
+]
+
+
+def test_set_gradients_match_finite_differences() -> None:
+    """The hand-written backward passes (Gram triangle, token/grid moves) in float64, with
+    respect to observations, actions and weights of every kind."""
+    actor, critic = (net.double() for net in pinned_nets())
+    obs, actions = (x.double()[:3] for x in inputs())
+    assert torch.autograd.gradcheck(actor, (obs.requires_grad_(),), fast_mode=True)
+    assert torch.autograd.gradcheck(critic, (obs, actions.requires_grad_()), fast_mode=True)
+    for name in CHECKED_WEIGHTS:
+        param = dict(critic.named_parameters())[name].detach().clone().requires_grad_()
+
+        def q(p: torch.Tensor, name: str = name) -> torch.Tensor:
+            return torch.func.functional_call(critic, {name: p}, (obs, actions))
+
+        assert torch.autograd.gradcheck(q, (param,), fast_mode=True)
