@@ -26,15 +26,10 @@ def local_linearisation(model: nn.Module, x: Tensor) -> list[tuple[str, Tensor]]
     z = x.reshape(x.shape[0], -1)
     for node in graph.nodes[1:]:
         op = node.op
-        if op.kind == "affine":
-            factors.append(("W", op.weight))
-            z = op.forward(z)
-        elif op.kind == "activation":
-            zz = z.detach().requires_grad_(True)
-            with torch.enable_grad():
-                (slope,) = torch.autograd.grad(op.fn(zz).sum(), zz)
-            factors.append(("D", slope))
-            z = op.fn(z)
+        kind, factor = op.jacobian(z)
+        if kind != "I":
+            factors.append((kind, factor))
+        z = op.forward(z)
     return factors
 
 

@@ -1,26 +1,37 @@
-"""CROWN (Zhang et al., NeurIPS 2018) and CROWN-IBP (Zhang et al., ICLR 2020) on chain graphs.
+"""CROWN (Zhang et al., NeurIPS 2018) and CROWN-IBP (Zhang et al., ICLR 2020) on operator graphs.
 
 Backward linear bound propagation: a bounded quantity ``A y + c`` is pushed backwards through
-affine layers (``c += A b``, ``A <- A W``) and through activations via their linear relaxations
-(positive coefficients take the lower line, negative ones the upper line, for a lower bound); at
-the input it is concretised over the perturbation set. Upper bounds are lower bounds of ``-A``.
+the graph, one operator at a time (``Op.backward``: exact for linear operators, through the
+operator's linear relaxation otherwise: positive coefficients take the lower bound, negative ones
+the upper bound, for a lower bound); where a node feeds several operators the coefficients of
+its consumers add up. At the input it is concretised over the perturbation set. Upper bounds are
+lower bounds of ``-A``. The engine never looks at what an operator is, only at its protocol
+(:mod:`certify.bounds.protocol`).
 
-Intermediate bounds. Every activation needs bounds on its input. For node ``i`` the *reference*
-bound is IBP from the (already tightened) bounds of node ``i-1``. For CROWN the reference is
-intersected with a backward bound, but only for neurons whose reference is *unstable* (l < 0 < u
-for ReLU-like activations; every neuron for curved ones). A neuron whose reference is stable is
-relaxed exactly, so its bound values never enter any later relaxation, and computing backward
-bounds for it would not change the result.
+Intermediate bounds. A nonlinear operator's relaxation needs bounds on its inputs. For node ``i``
+the *reference* bound is IBP from the (already tightened) bounds of its inputs. For CROWN the
+reference is intersected with a backward bound, but only for the elements its consumers' relaxations
+are sensitive to (``Op.tighten_mask``: l < 0 < u for ReLU-like activations; every element for
+curved ones). A neuron whose reference is stable is relaxed exactly, so its bound values never
+enter any later relaxation, and computing backward bounds for it would not change the result.
+Shape-only operators pass such needs on to their input.
 
 Two equivalent paths compute those backward bounds:
 
-* ``fast=True``: only the rows of unstable neurons are propagated. Examples are sorted by their
-  number of unstable neurons and processed in chunks padded to the chunk's largest count, so every
-  step is a batched matrix product with the shared weights and no per-row gathers;
-* ``fast=False`` (dense reference): full (B, n_i, n_j) A matrices for every neuron; the same
+* ``fast=True``: only the rows of the selected elements are propagated. Examples are sorted by
+  their number of selected elements and processed in chunks padded to the chunk's largest count,
+  so every step is a batched matrix product with the shared weights and no per-row gathers;
+* ``fast=False`` (dense reference): full (B, n_i, n_j) A matrices for every element; the same
   selection rule is applied afterwards, so both paths agree up to rounding.
 
-The first affine layer on the input is bounded exactly and needs no backward pass.
+An operator that reads the input directly may bound itself exactly (``Op.input_bounds``: the
+first linear layer) and needs no backward pass. On chains of linear layers and element-wise
+activations a symbolic (zonotope) screen tightens the references first (:mod:`symbolic`).
+
+CROWN's bounds are intersected with the interval bounds at every node, the output included
+(both are sound), so CROWN is never looser than IBP from the same intermediate bounds.
+CROWN-IBP (intermediate bounds from IBP, a backward pass for the output only) is left as
+published.
 
 Overflow: for huge input sets (eps ~ 1e30) backward products can overflow to inf − inf = NaN.
 Intersections ignore such values (``fmax``/``fmin``) and the final bounds fall back to IBP's on
@@ -38,11 +49,9 @@ from torch import Tensor
 
 from certify.bounds import symbolic as sym
 from certify.bounds.graph import Graph
-from certify.bounds.ibp import exact_affine, ibp_spec, input_rows
+from certify.bounds.ibp import input_rows
 from certify.bounds.inputs import InputSet, concretize_lower
-from certify.bounds.ops import Interval
-
-Relax = tuple[Tensor, Tensor | None, Tensor, Tensor]
+from certify.bounds.protocol import Interval, Op, ibp_spec
 
 
 @dataclass
@@ -67,64 +76,67 @@ def _timed(stats: CrownStats, stage: str):
     stats.seconds[stage] += time.perf_counter() - start
 
 
+def check_crown(graph: Graph, method: str) -> None:
+    """Every operator has a backward step; raise naming the first one that has none."""
+    del method
+    for node in graph.nodes[1:]:
+        if not node.op.crown:
+            raise node.op.no_crown()
+
+
 def check_chain(graph: Graph, method: str) -> None:
-    """CROWN needs a chain of affine / activation / reshape nodes; raise naming the culprit."""
+    """A chain whose operators all have a local linearisation (for ``certify.tightness``)."""
     if not graph.is_chain():
         raise NotImplementedError(
             f"method {method!r} supports chain (sequential) graphs only; this model has branches "
-            "(e.g. residual additions): use method='ibp'"
+            "(e.g. residual additions)"
         )
     for node in graph.nodes[1:]:
         op = node.op
-        if op.kind not in ("affine", "activation", "reshape"):
+        if type(op).jacobian is Op.jacobian:
             raise NotImplementedError(
                 f"operator {op.name!r} ({type(op).__name__}) is not supported by method {method!r}"
             )
-        if op.kind == "activation" and type(op).relax is _base_relax():
-            raise NotImplementedError(
-                f"activation {op.name!r} ({type(op).__name__}) has no linear relaxation; "
-                f"method {method!r} is unavailable, use method='ibp'"
-            )
 
 
-def _base_relax():
-    from certify.bounds.activations import Activation
-
-    return Activation.relax
-
-
-def _backward(A: Tensor, const: Tensor, start: int, graph: Graph, relax: dict) -> tuple:
-    """Push the lower bound of ``A y_start + const`` back to the input.
-
-    ``A`` is (B, R, n) with per-example rows; relaxation tensors are (B, n). Positive coefficients
-    take the lower line, negative ones the upper line: ``A' = A ls + min(A, 0) (us - ls)``.
-    """
-    for j in range(start, 0, -1):
-        op = graph.nodes[j].op
-        if op.kind == "affine":
-            const = const + A @ op.bias_or_zero
-            A = A @ op.weight
-        elif op.kind == "activation":
-            ls, lb, us, ub = relax[j]
-            neg = A.clamp(max=0)
-            const = const + (neg @ ub.unsqueeze(-1)).squeeze(-1)
-            if lb is not None:
-                const = const + ((A - neg) @ lb.unsqueeze(-1)).squeeze(-1)
-            A = torch.addcmul(A * ls.unsqueeze(1), neg, (us - ls).unsqueeze(1))
-    return A, const
+def _backward(graph: Graph, pending: dict, const: Tensor, top: int, relax: dict) -> tuple:
+    """Push the lower bound of ``sum_k <A_k, y_k> + const`` (``pending``: node -> A (B, R,
+    *shape)) back to the input, in reverse topological order from node ``top``. Returns the
+    input's coefficients (B, R, D) and the constant (B, R)."""
+    for j in range(top, 0, -1):
+        if j not in pending:
+            continue
+        node = graph.nodes[j]
+        # no local keeps a consumed A alive: on CPU every freed (B, R, n) buffer is memory the
+        # next product can reuse
+        coefs, c = node.op.backward(pending.pop(j), relax.get(j))
+        if c is not None:
+            const = const + c
+        for k, Ak in zip(node.inputs, coefs, strict=True):
+            if Ak is not None:
+                pending[k] = Ak if k not in pending else pending[k] + Ak
+        del coefs
+    A0 = pending.get(0)
+    B, R = const.shape
+    if A0 is None:  # the bounded quantity does not depend on the input
+        return const.new_zeros(B, R, graph.widths[0]), const
+    return A0.reshape(B, R, -1), const
 
 
-def _start_rows(graph: Graph, i: int, idx: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Rows (B, 2R, n) selecting neurons ``idx`` (B, R) of node ``i`` with both signs (lower
-    bounds of ``+z`` then of ``-z``), through node ``i``'s affine layer when it has one."""
-    op = graph.nodes[i].op
+def _start_rows(graph: Graph, i: int, idx: Tensor) -> tuple[dict, Tensor, int]:
+    """Rows selecting elements ``idx`` (B, R) of node ``i`` with both signs (lower bounds of
+    ``+z`` then of ``-z``), through node ``i``'s operator when it offers rows (``Op.rows``)."""
+    node = graph.nodes[i]
     n = graph.widths[i]
     idx2 = torch.cat([idx, idx + n], 1)
-    if op.kind == "affine":
-        W, b = op.weight, op.bias_or_zero
-        return torch.cat([W, -W])[idx2], torch.cat([b, -b])[idx2], i - 1
+    fast = node.op.rows(idx2, n) if len(node.inputs) == 1 else None
+    if fast is not None:
+        A, c = fast
+        return {node.inputs[0]: A}, c, node.inputs[0]
     eye = torch.eye(n, dtype=graph.dtype, device=idx.device)
-    return torch.cat([eye, -eye])[idx2], idx2.new_zeros(idx2.shape, dtype=graph.dtype), i
+    A = torch.cat([eye, -eye])[idx2]
+    A = A.reshape(*idx2.shape, *graph.shapes[i])
+    return {i: A}, idx2.new_zeros(idx2.shape, dtype=graph.dtype), i
 
 
 def _chunks(B: int, rows: int, width: int, max_elems: int) -> int:
@@ -133,9 +145,9 @@ def _chunks(B: int, rows: int, width: int, max_elems: int) -> int:
 
 
 def _rows_bounds(graph, i, idx, inp, relax) -> Interval:
-    """Backward bounds (B, R) of neurons ``idx`` (B, R) of node ``i``, both signs at once."""
-    A, c, start = _start_rows(graph, i, idx)
-    A, c = _backward(A, c, start, graph, relax)
+    """Backward bounds (B, R) of elements ``idx`` (B, R) of node ``i``, both signs at once."""
+    pending, c, top = _start_rows(graph, i, idx)
+    A, c = _backward(graph, pending, c, top, relax)
     low = concretize_lower(A, c, inp, lambda t: t.unsqueeze(1))
     R = idx.shape[1]
     return low[:, :R], -low[:, R:]
@@ -149,7 +161,7 @@ def _sub(inp: InputSet, relax: dict, sel) -> tuple[InputSet, dict]:
 
 
 def _fast_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval:
-    """Backward bounds only for masked neurons: examples sorted by count, chunks padded."""
+    """Backward bounds only for masked elements: examples sorted by count, chunks padded."""
     B, n = mask.shape
     counts = mask.sum(1)
     order = torch.argsort(counts, descending=True)
@@ -161,7 +173,7 @@ def _fast_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval
         size = _chunks(B, 2 * u_max, width, max_elems)
         sel = order[s : s + size]
         s += size
-        # unstable neurons first, in index order; padding rows repeat stable neurons (discarded)
+        # selected elements first, in index order; padding rows repeat others (discarded)
         idx = torch.argsort((~mask[sel]).to(torch.int8), dim=1, stable=True)[:, :u_max]
         valid = torch.arange(u_max, device=idx.device) < counts[sel].unsqueeze(1)
         sub, rel = _sub(inp, relax, sel)
@@ -174,7 +186,7 @@ def _fast_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval
 
 
 def _dense_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval:
-    """Reference path: full A matrices for every neuron, then the same selection rule."""
+    """Reference path: full A matrices for every element, then the same selection rule."""
     B, n = mask.shape
     size = _chunks(B, 2 * n, max(graph.widths[: i + 1]), max_elems)
     parts_l, parts_u = [], []
@@ -193,24 +205,61 @@ def _dense_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interva
 def _intersect(ref: Interval, new: Interval, mask: Tensor | None = None) -> Interval:
     """``ref`` tightened by ``new`` where ``mask`` holds. ``fmax``/``fmin`` ignore NaN: a backward
     or symbolic bound that overflowed (inf − inf, for huge input sets) leaves the sound reference
-    in place instead of poisoning every later layer."""
+    in place instead of poisoning every later layer. Where rounding makes the two disjoint (a
+    point interval, eps = 0, in float32) the reference stays as well: a crossed interval would
+    widen every later bound."""
     (lo, hi), (nl, nu) = ref, new
     lo_t, hi_t = torch.fmax(lo, nl), torch.fmin(hi, nu)
-    if mask is None:
-        return lo_t, hi_t
-    return torch.where(mask, lo_t, lo), torch.where(mask, hi_t, hi)
+    ok = lo_t <= hi_t
+    if mask is not None:
+        ok = ok & mask
+    return torch.where(ok, lo_t, lo), torch.where(ok, hi_t, hi)
 
 
-def _tighten(graph, i, ref, inp, relax, fast, max_elems, stats) -> Interval:
-    """Reference bounds intersected with backward bounds on the neurons that need them."""
-    mask = graph.nodes[i + 1].op.unstable(*ref)
+def _need_mask(graph: Graph, i: int, ref: Interval) -> Tensor | None | bool:
+    """Elements (B, n_i) of node ``i`` whose bounds a consumer's relaxation uses: a mask,
+    ``None`` for all of them, ``False`` for none. Shape-only consumers pass on their needs."""
+    B = ref[0].shape[0]
+    out: Tensor | bool = False
+    for k in graph.consumers[i]:
+        op = graph.nodes[k].op
+        if op.flat_identity:
+            shape = graph.shapes[k]
+            m = _need_mask(graph, k, (ref[0].reshape(B, *shape), ref[1].reshape(B, *shape)))
+        elif op.linear:
+            continue
+        else:
+            m = op.tighten_mask(*ref)
+        if m is False:
+            continue
+        if m is None:
+            return None
+        m = m.reshape(B, -1)
+        out = m if out is False else out | m
+    return out
+
+
+def _feeds_nonlinear(graph: Graph, i: int) -> bool:
+    """Some consumer of node ``i`` (through shape-only ones) has a relaxation."""
+    for k in graph.consumers[i]:
+        op = graph.nodes[k].op
+        if (op.flat_identity and _feeds_nonlinear(graph, k)) or not op.linear:
+            return True
+    return False
+
+
+def _tighten(graph, i, ref, mask, inp, relax, fast, max_elems, stats) -> Interval:
+    """Reference bounds intersected with backward bounds on the elements that need them."""
+    B = ref[0].shape[0]
+    flat = (ref[0].reshape(B, -1), ref[1].reshape(B, -1))
     if mask is None:
-        mask = torch.ones_like(ref[0], dtype=torch.bool)
+        mask = torch.ones_like(flat[0], dtype=torch.bool)
     tighten = _fast_tighten if fast else _dense_tighten
-    return tighten(graph, i, ref, mask, inp, relax, max_elems, stats)
+    lo, hi = tighten(graph, i, flat, mask, inp, relax, max_elems, stats)
+    return lo.reshape(ref[0].shape), hi.reshape(ref[1].shape)
 
 
-def crown_chain(
+def crown_graph(
     graph: Graph,
     inp: InputSet,
     C: Tensor | None,
@@ -220,16 +269,17 @@ def crown_chain(
     stats: CrownStats | None = None,
     reference: str = "auto",
 ) -> Interval:
-    """Bounds (B, m) on ``C @ f(x)`` (or ``f(x)``) by CROWN or CROWN-IBP on a chain graph.
+    """Bounds (B, m) on ``C @ f(x)`` (or ``f(x)``) by CROWN or CROWN-IBP.
 
     ``reference``: how intermediate neurons are screened before backward rows are computed:
-    ``"ibp"`` or ``"symbolic"`` (IBP intersected with symbolic intervals); ``"auto"`` uses the
-    symbolic one for ReLU-like networks. Fast and dense paths use the same reference.
+    ``"ibp"`` or ``"symbolic"`` (IBP intersected with symbolic intervals, on chains of linear
+    layers and element-wise activations); ``"auto"`` uses the symbolic one for ReLU-like
+    networks. Fast and dense paths use the same reference.
     ``max_elems`` caps the elements of one backward A matrix (default: 2**20 on CPU, where
     cache-sized chunks are fastest, 2**26 on CUDA, where fewer and larger kernels are).
     """
     stats = stats if stats is not None else CrownStats()
-    use_sym = method == "crown" and _use_symbolic(graph, reference)
+    use_sym = method == "crown" and _use_symbolic(graph, reference) and graph.is_chain()
     B, D = inp.lo.shape
     on_gpu = inp.lo.device.type == "cuda"
     if max_elems is None:
@@ -258,6 +308,9 @@ def crown_chain(
     return lower[inverse], upper[inverse]
 
 
+crown_chain = crown_graph  # the name before operator graphs
+
+
 def _select(inp: InputSet, sel) -> InputSet:
     return InputSet(
         inp.lo[sel],
@@ -269,12 +322,18 @@ def _select(inp: InputSet, sel) -> InputSet:
 
 
 def _by_first_layer_instability(graph: Graph, inp: InputSet) -> Tensor | None:
-    """Examples sorted by their number of unstable neurons after the first affine layer."""
+    """Examples sorted by their number of selected elements after the first operator that
+    bounds itself exactly on the input."""
     nodes, is_input = graph.nodes, input_rows(graph)
     for i in range(1, len(nodes) - 1):
-        if nodes[i].op.kind == "affine" and is_input[i - 1]:
-            mask = nodes[i + 1].op.unstable(*exact_affine(nodes[i].op, inp))
-            return None if mask is None else torch.argsort(mask.sum(1))
+        node = nodes[i]
+        if node.op.flat_identity or len(node.inputs) != 1 or not is_input[node.inputs[0]]:
+            continue
+        exact = node.op.input_bounds(inp)
+        if exact is None:
+            continue
+        mask = _need_mask(graph, i, exact)
+        return None if mask is None or mask is False else torch.argsort(mask.sum(1))
     return None
 
 
@@ -283,56 +342,72 @@ def _use_symbolic(graph: Graph, reference: str) -> bool:
         raise ValueError(f"reference must be 'auto', 'ibp' or 'symbolic', got {reference!r}")
     if reference != "auto":
         return reference == "symbolic"
-    from certify.bounds.activations import LeakyReLU, ReLU
+    return any(n.op.piecewise_linear for n in graph.nodes[1:])
 
-    return any(isinstance(n.op, (ReLU, LeakyReLU)) for n in graph.nodes[1:])
+
+def _symbolic_end(graph: Graph) -> int:
+    """The last node that feeds a nonlinear operator: the screen is carried up to it."""
+    last = len(graph.nodes) - 1
+    ends = [
+        i for i in range(1, last) if any(not graph.nodes[k].op.linear for k in graph.consumers[i])
+    ]
+    return max(ends, default=0)
 
 
 def _crown_chunk(graph, inp, C, method, fast, max_elems, stats, use_sym) -> Interval:
     nodes = graph.nodes
     last = len(nodes) - 1
     is_input = input_rows(graph)
-    bounds: dict[int, Interval] = {0: (inp.lo, inp.hi)}
-    relax: dict[int, Relax] = {}
+    B = inp.lo.shape[0]
+    x_shape = (B, *graph.shapes[0])
+    bounds: dict[int, Interval] = {0: (inp.lo.reshape(x_shape), inp.hi.reshape(x_shape))}
+    relax: dict[int, tuple] = {}
     state = sym.start(inp) if use_sym else None
-    # the symbolic screen is only carried up to the last layer that feeds an activation
-    screened = [i for i in range(1, last) if nodes[i + 1].op.kind == "activation"]
-    sym_end = max(screened, default=0) if use_sym else 0
+    sym_end = _symbolic_end(graph) if use_sym else 0
     for i in range(1, last + 1):
-        op = nodes[i].op
-        prev = bounds[i - 1]
+        node, op = nodes[i], nodes[i].op
+        ins = [bounds[j] for j in node.inputs]
+        mask: Tensor | None | bool = False
         with _timed(stats, "screen"):
-            if op.kind == "activation":
-                relax[i] = op.relax(*prev)
-                state = sym.activation(state, op, relax[i], prev) if i < sym_end else None
-            if op.kind == "reshape":
-                bounds[i] = prev
+            if not op.linear:
+                relax[i] = op.relaxation(*ins)
+            if state is not None:
+                state = op.symbolic(state, relax.get(i), ins[0]) if i <= sym_end else None
+            if op.flat_identity:
+                shape = (B, *graph.shapes[i])
+                bounds[i] = (ins[0][0].reshape(shape), ins[0][1].reshape(shape))
                 continue
-            if op.kind == "affine":
-                state = sym.affine(state, op) if i <= sym_end else None
-                if is_input[i - 1]:
-                    bounds[i] = exact_affine(op, inp)
+            if len(node.inputs) == 1 and is_input[node.inputs[0]]:
+                exact = op.input_bounds(inp)
+                if exact is not None:
+                    bounds[i] = exact
                     continue
-            ref = op.ibp(prev)
-            feeds_act = i < last and nodes[i + 1].op.kind == "activation"
-            if method == "crown" and feeds_act and state is not None:
-                ref = _intersect(ref, sym.bounds(state, inp))
-        if method == "crown" and feeds_act:
+            ref = op.ibp(*ins)
+            if method == "crown" and i < last and _feeds_nonlinear(graph, i):
+                if state is not None:
+                    ref = _intersect(ref, sym.bounds(state, inp))
+                mask = _need_mask(graph, i, ref)
+        if mask is not False:
             with _timed(stats, "rows"):
-                ref = _tighten(graph, i, ref, inp, relax, fast, max_elems, stats)
+                ref = _tighten(graph, i, ref, mask, inp, relax, fast, max_elems, stats)
         bounds[i] = ref
     with _timed(stats, "final"):
-        return _or_ibp(_final(graph, last, inp, relax, C, stats), bounds[last], C)
+        crown = _final(graph, last, inp, relax, C, stats)
+        return _with_ibp(crown, bounds[last], C, intersect=method == "crown")
 
 
-def _or_ibp(crown: Interval, box: Interval, C: Tensor | None) -> Interval:
+def _with_ibp(crown: Interval, box: Interval, C: Tensor | None, intersect: bool) -> Interval:
     """CROWN's bounds where finite, else IBP's from the output box (sound as well; ±inf where
-    even that overflowed). For huge input sets the backward products overflow (inf − inf)
-    while interval bounds through saturating activations stay finite."""
+    even that overflowed); for CROWN, intersected with them. For huge input sets the backward
+    products overflow (inf − inf) while interval bounds through saturating activations stay
+    finite."""
     inf = torch.inf
-    lo, hi = ibp_spec(box, C)
+    B = box[0].shape[0]
+    lo, hi = ibp_spec((box[0].reshape(B, -1), box[1].reshape(B, -1)), C)
     lo = torch.nan_to_num(lo, nan=-inf, posinf=inf, neginf=-inf)
     hi = torch.nan_to_num(hi, nan=inf, posinf=inf, neginf=-inf)
+    if intersect:
+        return _intersect((lo, hi), crown)
     # |v| < inf is isfinite(v) in two kernels (NaN compares false)
     return (
         torch.where(crown[0].abs() < inf, crown[0], lo),
@@ -351,7 +426,7 @@ def _final(graph, last, inp, relax, C, stats) -> Interval:
     A = torch.cat([Cb, -Cb], dim=1)
     c = A.new_zeros(B, 2 * m)
     stats.dense_rows += 2 * m * B
-
-    A, c = _backward(A, c, last, graph, relax)
+    pending = {last: A.reshape(B, 2 * m, *graph.shapes[last])}
+    A, c = _backward(graph, pending, c, last, relax)
     low = concretize_lower(A, c, inp, lambda t: t.unsqueeze(1))
     return low[:, :m], -low[:, m:]

@@ -10,7 +10,7 @@ from numbers import Real
 import torch
 from torch import Tensor, nn
 
-from certify.bounds.crown import CrownStats, check_chain, crown_chain
+from certify.bounds.crown import CrownStats, check_crown, crown_graph
 from certify.bounds.graph import Graph, trace
 from certify.bounds.ibp import ibp_graph
 from certify.bounds.inputs import InputSet
@@ -25,7 +25,7 @@ def get_graph(model: nn.Module, x: Tensor) -> Graph:
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key and hit[2] == (tuple(x.shape[1:]), x.dtype):
         return hit[1]
-    graph = trace(model)
+    graph = trace(model, x[:1])
     with torch.no_grad():
         graph.infer_shapes(x[:1])
     _CACHE[model] = (key, graph, (tuple(x.shape[1:]), x.dtype))
@@ -195,7 +195,8 @@ def compute_bounds(
     Raises (before any bound is computed): ``TypeError`` for a non-float ``x`` or one whose dtype
     differs from the model's; ``ValueError`` for an empty batch, NaN/inf in ``x``, a negative or
     non-finite ``eps``, NaN or crossed ``x_min``/``x_max``, ``x`` outside them, a feature count
-    the model's first layer does not take, or a model on another device.
+    the model's first layer does not take, or a model on another device; ``NotImplementedError``
+    naming the operator and the method where the model has an operator the method cannot bound.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -214,9 +215,8 @@ def compute_bounds(
         raise ValueError(f"the model output must be (B, n_out), got (B, {graph.shapes[-1]})")
     if method == "ibp":
         return ibp_graph(graph, inp, x.shape, C)
-    check_chain(graph, method)
-    _check_flat(graph, method)
-    return crown_chain(graph, inp, C, method, fast=fast, stats=stats, reference=reference)
+    check_crown(graph, method)
+    return crown_graph(graph, inp, C, method, fast=fast, stats=stats, reference=reference)
 
 
 def _check_model(model: nn.Module, x: Tensor) -> None:
@@ -231,13 +231,3 @@ def _check_model(model: nn.Module, x: Tensor) -> None:
             f"x has dtype {x.dtype} but the model's parameters are {p.dtype}; cast one of them "
             f"(x.to({p.dtype}) or model.to({x.dtype}))"
         )
-
-
-def _check_flat(graph: Graph, method: str) -> None:
-    for i, node in enumerate(graph.nodes[1:], start=1):
-        if node.op.kind == "affine" and len(graph.shapes[node.inputs[0]]) != 1:
-            raise NotImplementedError(
-                f"method {method!r} needs flat (B, n) inputs to linear layers; node "
-                f"{node.op.name!r} sees shape {graph.shapes[node.inputs[0]]}"
-            )
-        del i

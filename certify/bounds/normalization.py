@@ -1,8 +1,19 @@
-"""LayerNorm interval propagation (IBP only).
+"""LayerNorm over the last dimension, with its affine part.
 
-y = (x - mean(x)) / sqrt(var(x) + eps) * gamma + beta over the last dimension. Each factor is
-bounded separately: the centred value x_i - mean(x) exactly per coordinate, the variance from
-the squared centred intervals, then the product of intervals. Sound, deliberately simple.
+``y = c * rho * gamma + beta`` with the centred value ``c = x - mean(x)`` (linear in x), the
+variance ``v = mean(c^2) + eps`` and ``rho = 1 / sqrt(v)``.
+
+IBP bounds each factor separately: c exactly per coordinate, v from the squared centred
+intervals, rho from v (decreasing), then the product of intervals. Sound, deliberately simple.
+
+CROWN composes the relaxations of the pieces inside one backward step: McCormick planes for
+``c * rho`` give coefficients on c and on rho; rho's coefficient passes through the convex,
+decreasing ``1/sqrt`` (tangent below, chord above) to v, then through the mean to ``c^2`` and
+through the convex square (tangent below, chord above) to c again; the coefficients on c finally
+pass through the centring. The bounds of the intermediate quantities (c, c^2, v, rho) come from
+the input bounds by interval arithmetic, as in IBP. This is sound but can be loose where the
+variance may approach 0 (rho up to 1/sqrt(eps)); the engine intersects every CROWN bound with
+the interval one.
 """
 
 from __future__ import annotations
@@ -10,38 +21,90 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from certify.bounds.ops import Interval, Op
+from certify.bounds.activations import Rsqrt, Square, elementwise_backward
+from certify.bounds.products import _mccormick
+from certify.bounds.protocol import BackwardStep, Call, Interval, Op, Relaxation, register
 
 
+@register(nn.LayerNorm, torch.nn.functional.layer_norm)
 class LayerNormOp(Op):
-    def __init__(self, m: nn.LayerNorm, name: str = "layernorm") -> None:
+    def __init__(
+        self, n: int, weight: Tensor | None, bias: Tensor | None, eps: float, name="layernorm"
+    ) -> None:
+        self.n = n
+        self.weight = weight
+        self.bias = bias
+        self.eps = float(eps)
+        self.name = name
+        self._square, self._rsqrt = Square(), Rsqrt()
+
+    @classmethod
+    def from_module(cls, m: nn.Module) -> LayerNormOp:
         if len(m.normalized_shape) != 1:
             raise NotImplementedError("LayerNorm bounds support one normalised (last) dimension")
-        self.m = m
-        self.name = name
+        return cls(m.normalized_shape[0], m.weight, m.bias, m.eps)
+
+    @classmethod
+    def from_call(cls, call: Call) -> LayerNormOp:
+        shape = call.arg(1, "normalized_shape")
+        if len(shape) != 1:
+            raise call.fail("bounds support one normalised (last) dimension")
+        weight, bias = call.arg(2, "weight", None), call.arg(3, "bias", None)
+        return cls(shape[0], weight, bias, call.arg(4, "eps", 1e-5))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.m(x)
+        return torch.nn.functional.layer_norm(x, (self.n,), self.weight, self.bias, self.eps)
 
-    def ibp(self, b: Interval) -> Interval:
-        lo, hi = b
-        n = lo.shape[-1]
-        # x_i - mean = (1 - 1/n) x_i - (1/n) sum_{j != i} x_j
+    def _centred(self, lo: Tensor, hi: Tensor) -> Interval:
+        """Exact bounds of x_i - mean(x) = (1 - 1/n) x_i - (1/n) sum_{j != i} x_j."""
+        n = self.n
         s_lo, s_hi = lo.sum(-1, keepdim=True), hi.sum(-1, keepdim=True)
         c_lo = (1 - 1 / n) * lo - (s_hi - hi) / n
         c_hi = (1 - 1 / n) * hi - (s_lo - lo) / n
-        sq_hi = torch.maximum(c_lo**2, c_hi**2)
-        sq_lo = torch.where(
-            (c_lo <= 0) & (c_hi >= 0), torch.zeros_like(c_lo), torch.minimum(c_lo**2, c_hi**2)
-        )
-        var_lo, var_hi = sq_lo.mean(-1, keepdim=True), sq_hi.mean(-1, keepdim=True)
-        inv_lo = torch.rsqrt(var_hi + self.m.eps)
-        inv_hi = torch.rsqrt(var_lo + self.m.eps)
+        return c_lo, c_hi
+
+    def _pieces(self, b: Interval):
+        c_lo, c_hi = self._centred(*b)
+        sq_lo, sq_hi = self._square.ibp((c_lo, c_hi))
+        v_lo = sq_lo.mean(-1, keepdim=True) + self.eps
+        v_hi = sq_hi.mean(-1, keepdim=True) + self.eps
+        return (c_lo, c_hi), (v_lo, v_hi), (torch.rsqrt(v_hi), torch.rsqrt(v_lo))
+
+    def ibp(self, b: Interval) -> Interval:
+        (c_lo, c_hi), _, (inv_lo, inv_hi) = self._pieces(b)
         cands = torch.stack([c_lo * inv_lo, c_lo * inv_hi, c_hi * inv_lo, c_hi * inv_hi])
         y_lo, y_hi = cands.min(0).values, cands.max(0).values
-        if self.m.weight is not None:
-            g = self.m.weight
+        if self.weight is not None:
+            g = self.weight
             y_lo, y_hi = torch.minimum(y_lo * g, y_hi * g), torch.maximum(y_lo * g, y_hi * g)
-        if self.m.bias is not None:
-            y_lo, y_hi = y_lo + self.m.bias, y_hi + self.m.bias
+        if self.bias is not None:
+            y_lo, y_hi = y_lo + self.bias, y_hi + self.bias
         return y_lo, y_hi
+
+    def relaxation(self, b: Interval) -> Relaxation:
+        (c_lo, c_hi), (v_lo, v_hi), (r_lo, r_hi) = self._pieces(b)
+        sq = self._square.relax(c_lo, c_hi)
+        rs = self._rsqrt.relax(v_lo, v_hi)
+        return (c_lo, r_lo, r_hi, *sq, *rs)
+
+    def backward(self, A: Tensor, rel: Relaxation) -> BackwardStep:
+        c_lo, r_lo, r_hi = rel[:3]
+        sq, rs = rel[3:7], rel[7:11]
+        bias = None
+        if self.bias is not None:
+            bias = (A * self.bias).flatten(2).sum(-1)
+        An = A * self.weight if self.weight is not None else A
+        # n = c * rho (rho broadcast over the last dim): McCormick, lower bound of sum(An n)
+        coef_c, coef_r, b_mc = _mccormick(An, c_lo, r_lo, r_hi)
+        coef_r = coef_r.sum(-1, keepdim=True)
+        # rho = rsqrt(v)
+        (coef_v,), b_rs = elementwise_backward(coef_r, rs)
+        # v = mean(c^2) + eps
+        b_eps = coef_v.flatten(2).sum(-1) * self.eps
+        coef_s = (coef_v / self.n).expand_as(An)
+        (coef_c2,), b_sq = elementwise_backward(coef_s, sq)
+        coef_c = coef_c + coef_c2
+        # c = x - mean(x)
+        coef_x = coef_c - coef_c.mean(-1, keepdim=True)
+        total = b_mc + b_rs + b_eps + b_sq
+        return [coef_x], total if bias is None else total + bias

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from certify.bounds.activations import LeakyReLU, ReLU
 from certify.bounds.inputs import InputSet, concretize_lower
-from certify.bounds.ops import Affine, Interval
+
+Interval = tuple[Tensor, Tensor]
 
 
 @dataclass
@@ -40,7 +40,8 @@ def start(inp: InputSet) -> SymState:
     return SymState(None, zero, zero, zero, inp.lo.shape[1])
 
 
-def affine(s: SymState, op: Affine) -> SymState:
+def affine(s: SymState, op) -> SymState:
+    """Through ``op`` (weight (m, n), bias_or_zero (m,)): a linear layer on flat vectors."""
     W = op.weight
     Jt = W.T if s.Jt is None else s.Jt @ W.T
     mid, rad = (s.e_hi + s.e_lo) / 2, (s.e_hi - s.e_lo) / 2
@@ -53,7 +54,7 @@ def activation(s: SymState, op, relax: tuple, bounds: Interval) -> SymState:
     ls, lb, us, ub = relax
     lam = us
     J_in = s.Jt if s.Jt is not None else _eye(s.c)
-    if isinstance(op, (ReLU, LeakyReLU)):
+    if op.piecewise_linear:
         # lam in [a, 1], so lam z is a valid lower line through the origin: g in [0, ub]
         Jt = _scaled_with_noise(J_in, lam, ub / 2)
         return SymState(Jt, lam * s.c + ub / 2, lam * s.e_lo, lam * s.e_hi, s.d)
