@@ -154,6 +154,5 @@ def feasibility_certificate(
         if x_max is not None:
             o_hi = torch.minimum(o_hi, torch.as_tensor(x_max, dtype=o.dtype, device=o.device))
         z_lo, z_hi = torch.cat([o_lo, a_lo], 1), torch.cat([o_hi, a_hi], 1)
-        centre, radius = (z_lo + z_hi) / 2, (z_hi - z_lo) / 2
-        q_lo, q_hi = compute_bounds(critic, centre, radius, method=method)
+        q_lo, q_hi = compute_bounds(critic, (z_lo, z_hi), method=method)
     return FeasibilityCertificate(q_lo[:, 0], q_hi[:, 0], a_lo, a_hi, q_hi[:, 0] <= threshold)

@@ -156,10 +156,48 @@ def _check_C(C, B: int, n_out: int, x: Tensor) -> Tensor | None:
     return C
 
 
+def make_box_set(box) -> tuple[Tensor, InputSet]:
+    """Validate an input box ``(lo, hi)`` and build the (flattened) set; also returns its
+    centre (the example the model is traced and checked with)."""
+    if not (isinstance(box, (tuple, list)) and len(box) == 2):
+        raise TypeError("a box must be a pair (lo, hi) of tensors of shape (B, features...)")
+    lo, hi = box
+    if not (isinstance(lo, Tensor) and isinstance(hi, Tensor)):
+        raise TypeError("a box must be a pair (lo, hi) of tensors of shape (B, features...)")
+    _check_x(lo)
+    if hi.shape != lo.shape or hi.dtype != lo.dtype or hi.device != lo.device:
+        raise ValueError(
+            f"box lo and hi must have the same shape, dtype and device, got {tuple(lo.shape)} "
+            f"{lo.dtype} {lo.device} and {tuple(hi.shape)} {hi.dtype} {hi.device}"
+        )
+    _raise_first(
+        [
+            (torch.isfinite(lo).all() & torch.isfinite(hi).all(), _box_nan_message),
+            ((lo <= hi).all(), lambda: _crossed_message(lo, hi)),
+        ]
+    )
+    B = lo.shape[0]
+    return (lo + hi) / 2, InputSet(lo.reshape(B, -1), hi.reshape(B, -1))
+
+
+def _box_nan_message() -> str:
+    return "box lo and hi must be finite (got NaN or inf)"
+
+
+def _crossed_message(lo: Tensor, hi: Tensor) -> str:
+    gap = (lo - hi).reshape(lo.shape[0], -1)
+    worst = int(gap.argmax())
+    row, feat = divmod(worst, gap.shape[1])
+    return (
+        f"box lo must be <= hi everywhere; lo exceeds hi in {int((gap > 0).sum())} entries, by "
+        f"up to {float(gap.max()):.4g} (row {row}, flattened feature {feat})"
+    )
+
+
 def compute_bounds(
     model: nn.Module,
-    x: Tensor,
-    eps: float | Tensor,
+    x: Tensor | tuple[Tensor, Tensor],
+    eps: float | Tensor | None = None,
     method: str = "ibp",
     norm: float = math.inf,
     C: Tensor | None = None,
@@ -171,11 +209,14 @@ def compute_bounds(
     reference: str = "auto",
     stats: CrownStats | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Sound bounds on ``C @ model(x')`` (or ``model(x')``) for every x' in the ball around ``x``.
+    """Sound bounds on ``C @ model(x')`` (or ``model(x')``) for every x' in the input set: the
+    ball of radius ``eps`` around ``x``, or the box ``x = (lo, hi)``.
 
     Args:
         model: ``nn.Sequential`` or an fx-traceable module mapping (B, ...) to (B, n_out).
-        x: (B, features...) batch of centres.
+        x: (B, features...) batch of centres, or a box ``(lo, hi)`` of two such tensors
+            (``lo <= hi``, finite; then leave ``eps``, ``norm``, ``x_min`` and ``x_max`` unset
+            and pass ``method`` by keyword).
         eps: radius, a float or a tensor broadcastable to ``x`` (per feature / per example).
         method: ``"ibp"``, ``"crown"`` or ``"crown-ibp"``.
         norm: ``math.inf`` (box, per-feature eps and clipping allowed), 1 or 2.
@@ -194,17 +235,32 @@ def compute_bounds(
 
     Raises (before any bound is computed): ``TypeError`` for a non-float ``x`` or one whose dtype
     differs from the model's; ``ValueError`` for an empty batch, NaN/inf in ``x``, a negative or
-    non-finite ``eps``, NaN or crossed ``x_min``/``x_max``, ``x`` outside them, a feature count
-    the model's first layer does not take, or a model on another device; ``NotImplementedError``
-    naming the operator and the method where the model has an operator the method cannot bound.
+    non-finite ``eps``, NaN or crossed ``x_min``/``x_max``, ``x`` outside them, a box with
+    ``lo > hi`` somewhere, NaN/inf or mismatched shapes, a feature count the model's first layer
+    does not take, or a model on another device; ``NotImplementedError`` naming the operator and
+    the method where the model has an operator the method cannot bound.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if backend not in ("native", "auto_lirpa"):
         raise ValueError(f"backend must be 'native' or 'auto_lirpa', got {backend!r}")
-    _check_x(x)
+    if isinstance(x, (tuple, list)):
+        if eps is not None:
+            raise TypeError(
+                "x is a box (lo, hi): eps does not apply (pass method and the other options by "
+                f"keyword), got eps={eps!r}"
+            )
+        if norm != math.inf or x_min is not None or x_max is not None:
+            raise ValueError("a box (lo, hi) takes no norm, x_min or x_max: clip the box itself")
+        x, inp = make_box_set(x)
+    else:
+        if eps is None:
+            raise TypeError("eps is required with a centre x (or pass a box x=(lo, hi))")
+        _check_x(x)
+        inp = None
     _check_model(model, x)
-    inp = make_input_set(x, eps, norm, x_min, x_max)
+    if inp is None:
+        inp = make_input_set(x, eps, norm, x_min, x_max)
     if backend == "auto_lirpa":
         from certify.backends import auto_lirpa_bounds
 
