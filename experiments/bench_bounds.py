@@ -8,15 +8,26 @@ prints the ratios dense/fast and IBP/forward plus the fraction of neurons that n
 bounds, then where each path spends its time (screen, intermediate rows, final bound) and the
 dense/fast ratio a free screen would allow. On a GPU it also reports states/s at batch 4096.
 
+``--baseline-rev REV`` also times this engine against the ``certify`` package of git revision REV
+(copied to a scratch folder and imported as ``certify_base``), interleaved in one process:
+IBP, CROWN and CROWN-IBP, medians of CPU time (on CPU; the machine is shared), the ratio
+ours / theirs and the largest difference of the bounds (ours may be tighter, never looser).
+
     python experiments/bench_bounds.py            # full (CPU: minutes)
     python experiments/bench_bounds.py --quick    # tiny, for the test suite
+    python experiments/bench_bounds.py --baseline-rev HEAD~3 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -130,6 +141,82 @@ def stage_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def load_baseline(rev: str):
+    """``compute_bounds`` of the ``certify`` package at git revision ``rev``, imported as
+    ``certify_base`` from a scratch copy (its imports renamed), beside this one."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
+
+    tmp = Path(tempfile.mkdtemp(prefix="certify_base_"))
+    for name in git("ls-tree", "-r", "--name-only", rev, "certify").split():
+        if name.endswith(".py"):
+            text = re.sub(
+                r"\b(from|import)(\s+)certify\b", r"\1\2certify_base", git("show", f"{rev}:{name}")
+            )
+            dest = tmp / ("certify_base" + name[len("certify") :])
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("certify_base").compute_bounds
+
+
+def _cpu_time(fn) -> float:
+    """CPU seconds of the calling thread (torch runs on it with one thread): unlike wall time,
+    not inflated while other processes hold the shared cores."""
+    t = time.thread_time()
+    fn()
+    return time.thread_time() - t
+
+
+def bench_baseline(sizes, batch, eps, repeats, device, base_fn, seed=0) -> list[dict]:
+    """Ours vs the baseline revision, interleaved per repeat (the order alternating): medians
+    of CPU time (wall time on CUDA) and the bound change."""
+    torch.manual_seed(seed)
+    net = mlp(sizes).to(device)
+    x = torch.randn(batch, sizes[0], device=device)
+    rows = []
+    with torch.no_grad():
+        for method in ["ibp", "crown", "crown-ibp"]:
+            reps = 10 * repeats if method == "ibp" else repeats
+            ours, theirs = [], []
+            lo, hi = compute_bounds(net, x, eps, method)
+            blo, bhi = base_fn(net, x, eps, method)
+            timer = (lambda f: _time(f, device)) if device.startswith("cuda") else _cpu_time
+            for r in range(reps):
+                pair = [(theirs, base_fn), (ours, compute_bounds)]
+                for store, fn in pair if r % 2 == 0 else pair[::-1]:
+                    store.append(timer(lambda f=fn, m=method: f(net, x, eps, m)))
+            rows.append(
+                {
+                    "net": "-".join(map(str, sizes)),
+                    "method": method,
+                    "base_ms": 1e3 * statistics.median(theirs),
+                    "ours_ms": 1e3 * statistics.median(ours),
+                    "ratio": statistics.median(ours) / statistics.median(theirs),
+                    "max_abs_diff": float(torch.maximum((lo - blo).abs(), (hi - bhi).abs()).max()),
+                    "max_widening": float(((hi - lo) - (bhi - blo)).max()),
+                }
+            )
+    return rows
+
+
+def baseline_table(rows: list[dict], rev: str) -> str:
+    lines = [
+        f"| network | method | {rev} ms | ours ms | ours / {rev} | max abs diff | max widening |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['net']} | {r['method']} | {r['base_ms']:.2f} | {r['ours_ms']:.2f} | "
+            f"{r['ratio']:.3f} | {r['max_abs_diff']:.1e} | {r['max_widening']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = (
         "| network | batch | forward ms | IBP ms | IBP/forward | fast CROWN ms | dense CROWN ms "
@@ -157,17 +244,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (shared machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--baseline-rev", default=None, help="git revision to time against")
+    p.add_argument("--skip-dense", action="store_true", help="only the baseline comparison")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     nets = [[int(v) for v in n.split("-")] for n in args.nets.split(",")]
     batch, repeats, dense_repeats = args.batch, args.repeats, args.dense_repeats
     if args.quick:
         nets, batch, repeats, dense_repeats = [[17, 32, 32, 6]], 64, 3, 2
-    rows = [bench_net(s, batch, args.eps, repeats, dense_repeats, args.device) for s in nets]
     print(f"device={args.device} threads={args.threads} eps={args.eps} (medians)")
-    print(table(rows))
-    print(stage_table(rows))
-    result = {"device": args.device, "threads": args.threads, "eps": args.eps, "rows": rows}
+    result: dict = {"device": args.device, "threads": args.threads, "eps": args.eps}
+    if args.baseline_rev is not None:
+        base_fn = load_baseline(args.baseline_rev)
+        base_rows = [
+            r
+            for s in nets
+            for r in bench_baseline(s, batch, args.eps, repeats, args.device, base_fn)
+        ]
+        print(baseline_table(base_rows, args.baseline_rev))
+        result["baseline"] = {"rev": args.baseline_rev, "rows": base_rows}
+    if not args.skip_dense:
+        rows = [bench_net(s, batch, args.eps, repeats, dense_repeats, args.device) for s in nets]
+        print(table(rows))
+        print(stage_table(rows))
+        result["rows"] = rows
     if args.device.startswith("cuda") and not args.quick:
         result["gpu_states_per_s_4096"] = {
             "-".join(map(str, s)): gpu_throughput(s, args.eps, args.device) for s in nets
@@ -176,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "quick" if args.quick else f"{args.device.split(':')[0]}_{args.nets.replace(',', '_')}"
+    if args.baseline_rev is not None and args.skip_dense:
+        tag += "_vs_baseline"
     name = f"bounds_{tag}.json"
     write_text(out / name, json.dumps(result, indent=1))
     return 0
