@@ -261,13 +261,14 @@ def check_distinct(paths: Sequence[tuple[str, str | os.PathLike]]) -> None:
 # --------------------------------------------------------------------------- datasets
 
 
-def load_dataset(path: str | os.PathLike) -> tuple[dict, Any]:
-    """``saferl.data.load_dataset(path)``; UsageError for a missing, unreadable or invalid file."""
+def load_dataset(path: str | os.PathLike, task: str | None = None) -> tuple[dict, Any]:
+    """``saferl.data.load_dataset(path, task=task)``; UsageError for a missing, unreadable or
+    invalid file or an unknown DSRL task."""
     from saferl.data import load_dataset as load
 
     check_input_file(path, "dataset")
     with user_errors(f"cannot read dataset {str(path)!r}"):
-        return load(path)
+        return load(path, task=task)
 
 
 def check_env(metadata: Any, source: str | os.PathLike) -> None:

@@ -21,6 +21,12 @@ def register(subparsers) -> None:
         "<prefix>_config.json.",
     )
     p.add_argument("datasets", nargs="+", help="DSRL-format HDF5 files (saferl.data)")
+    p.add_argument("--task", nargs="+", default=None, metavar="TASK",
+                   help="DSRL task of each dataset, in order (e.g. "
+                        "OfflineHopperVelocityGymnasium-v1): DSRL's reference returns, κ "
+                        "20/40/80 and our env for it. Default: the file's own metadata, else "
+                        "the task its DSRL file name shows, else from the data (a warning)"
+                   )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
                    help="methods to run")  # fmt: skip
     p.add_argument("--thresholds", type=c.non_negative_float, nargs="+", default=None,
@@ -56,13 +62,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_datasets(paths: list[str], bc_safe: bool, thresholds: list[float] | None) -> list:
-    """(task name, data, metadata) per file, every file checked before any training: it loads,
-    names a task of its own, its env can be built for evaluation and, when BC-Safe runs, each
-    threshold (``thresholds`` or the dataset's own) leaves it at least one trajectory."""
+def load_datasets(
+    paths: list[str], bc_safe: bool, thresholds: list[float] | None, dsrl: list[str] | None = None
+) -> list:
+    """(task name, data, metadata) per file, every file checked before any training: it loads
+    (as the DSRL task ``dsrl[i]`` if given), names a task of its own, its env can be built for
+    evaluation and, when BC-Safe runs, each threshold (``thresholds`` or the dataset's own)
+    leaves it at least one trajectory."""
+    if dsrl is not None and len(dsrl) != len(paths):
+        raise UsageError(f"--task names {len(dsrl)} task(s) for {len(paths)} dataset(s); "
+                         "give one per dataset, in order")  # fmt: skip
     tasks, names = [], {}
-    for path in paths:
-        data, meta = c.load_dataset(path)
+    for i, path in enumerate(paths):
+        data, meta = c.load_dataset(path, task=dsrl[i] if dsrl else None)
         name = Path(path).stem
         if name in names:
             raise UsageError(f"datasets {names[name]!r} and {path!r} have the same name {name!r}; "
@@ -88,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     out = c.check_output_dir(args.out, "--out folder")
     for suffix in ("rows.json", "table.md", "scatter.png", "config.json"):
         c.check_output_file(out / f"{args.prefix}_{suffix}", "output file")
-    tasks = load_datasets(args.datasets, "bc_safe" in args.methods, args.thresholds)
+    tasks = load_datasets(args.datasets, "bc_safe" in args.methods, args.thresholds, args.task)
     with c.user_errors():
         budgets = {
             "fisor": {"steps": args.fisor_steps, "actor_batch_size": args.fisor_actor_batch,

@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("method", choices=METHODS, help="offline safe-RL method")
     p.add_argument("dataset", help="DSRL-format HDF5 file (saferl.data)")
+    p.add_argument("--task", default=None,
+                   help="DSRL task of the dataset (e.g. OfflineHopperVelocityGymnasium-v1; "
+                        "default: its metadata, else its DSRL file name)")  # fmt: skip
     p.add_argument("--out", required=True, help="checkpoint folder")
     p.add_argument("--steps", type=c.positive_int, default=None,
                    help="gradient steps (default: the method's reference budget)")  # fmt: skip
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     out = c.check_output_dir(args.out, "--out folder")
     for name in ("model.safetensors", "config.json", "metrics.json"):
         c.check_output_file(out / name, "output file")
-    data, meta = c.load_dataset(args.dataset)
+    data, meta = c.load_dataset(args.dataset, task=args.task)
     method = get_method(args.method)
     kappa = args.threshold
     if kappa is None and method.threshold_conditioned:

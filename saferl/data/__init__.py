@@ -15,9 +15,14 @@ from importlib import import_module
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 from saferl.data.dsrl import (
     DEFAULT_COST_THRESHOLDS,
+    DSRL_TASKS,
+    DSRL_VELOCITY_THRESHOLDS,
     REQUIRED_KEYS,
     DatasetMetadata,
+    DSRLTask,
     concatenate,
+    dsrl_task,
+    find_dsrl_task,
     infer_metadata,
     load_dataset,
     make_env,
@@ -49,10 +54,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DEFAULT_COST_THRESHOLDS", "REQUIRED_KEYS", "CollectConfig", "CollectResult",
-    "DatasetMetadata", "PIDLagrangian", "PIDLagrangianConfig", "Rollouts", "annealed_limit",
-    "collect", "collect_cell", "concatenate", "grid_filter", "infer_metadata", "load_dataset",
-    "make_env", "plot_spread", "rollout", "rollout_transitions", "run_collect",
+    "DEFAULT_COST_THRESHOLDS", "DSRL_TASKS", "DSRL_VELOCITY_THRESHOLDS", "REQUIRED_KEYS",
+    "CollectConfig", "CollectResult", "DSRLTask", "DatasetMetadata", "PIDLagrangian",
+    "PIDLagrangianConfig", "Rollouts", "annealed_limit", "collect", "collect_cell",
+    "concatenate", "dsrl_task", "find_dsrl_task", "grid_filter", "infer_metadata",
+    "load_dataset", "make_env", "plot_spread", "rollout", "rollout_transitions", "run_collect",
     "safe_trajectories", "save_dataset", "select_trajectories", "split_trajectories",
     "trajectory_returns", "unsafe_within", "validate_data", "validate_metadata",
 ]  # fmt: skip

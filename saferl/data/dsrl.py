@@ -18,15 +18,21 @@ Steps of one trajectory are stored contiguously; a trajectory ends at the first 
 
 Our files also carry a :class:`DatasetMetadata` as a JSON string in the root attribute
 ``saferl_metadata`` (env id, max episode steps, reference returns R_min/R_max, max cost, cost
-thresholds, how the data were collected). Real DSRL files have no such attribute: pass
-``metadata=`` to :func:`load_dataset`, or let it infer the data-derived fields (see
-:func:`infer_metadata`).
+thresholds, how the data were collected). Real DSRL files have no such attribute. Those of
+DSRL's velocity tasks are recognised by their task (:data:`DSRL_TASKS`: from the file name as
+DSRL distributes it, e.g. ``SafetyHopperVelocityGymnasium-v1-250-2240.hdf5``, or from
+``task=``) and get DSRL's own metadata: our matching env (``SaferlPlanar-<Robot>Velocity-v1``),
+DSRL's published reference returns and thresholds 20/40/80, so that scores are DSRL's. Any
+other file without metadata falls back to data-derived fields (:func:`infer_metadata`), with a
+warning; ``metadata=`` overrides everything.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -143,9 +149,10 @@ class DatasetMetadata:
 def make_env(env_id: str, **kwargs: Any):
     """An env whose ``info["cost"]`` is the safety cost.
 
-    The toolkit's ids come from :func:`envs.make`; a plain Gymnasium MuJoCo id that one of
-    ``envs.PLANAR_TASKS`` wraps (e.g. ``"Hopper-v5"``, as in DSRL files) gets that task's
-    velocity cost; any other id goes to ``gymnasium.make`` and must report ``info["cost"]``.
+    The toolkit's ids come from :func:`envs.make`; a DSRL task name (:func:`find_dsrl_task`,
+    e.g. ``"OfflineHopperVelocityGymnasium-v1"``) or a plain Gymnasium MuJoCo id that one of
+    ``envs.PLANAR_TASKS`` builds on (``"Hopper-v4"``: v1, ``"Hopper-v5"``: v0) gets that planar
+    task; any other id goes to ``gymnasium.make`` and must report ``info["cost"]``.
     """
     import gymnasium as gym
 
@@ -153,11 +160,134 @@ def make_env(env_id: str, **kwargs: Any):
 
     if env_id in envs.registered_ids() or env_id.startswith("Saferl"):
         return envs.make(env_id, **kwargs)
-    for task in envs.PLANAR_TASKS.values():
+    dsrl = find_dsrl_task(env_id)
+    if dsrl is not None:
+        return envs.make(dsrl.env_id, **kwargs)
+    for planar_id, task in envs.PLANAR_TASKS.items():
         if task.base_id == env_id:
-            env = gym.make(env_id, **{**dict(task.base_kwargs), **kwargs})
-            return envs.VelocityCostWrapper(env, task.threshold, task.planar_speed)
+            return envs.make(planar_id, **kwargs)
     return gym.make(env_id, **kwargs)
+
+
+# --------------------------------------------------------------------------- DSRL's own tasks
+
+DSRL_VELOCITY_THRESHOLDS: tuple[float, ...] = (20.0, 40.0, 80.0)
+"""Cost thresholds κ of DSRL's velocity tasks, per 1000-step episode (DSRL's benchmark; OSRL's
+CDT configs, ``examples/configs/cdt_configs.py``, use the same 20/40/80)."""
+
+
+@dataclass(frozen=True)
+class DSRLTask:
+    """One of DSRL's tasks: its name, our env for it and DSRL's normalisation constants.
+
+    Constants from ``dsrl/infos.py`` of liuzuxin/DSRL (commit 71064f2): ``MAX_EPISODE_REWARD``
+    and ``MIN_EPISODE_REWARD`` (R_max, R_min: DSRL's ``get_normalized_score`` divides by their
+    difference), ``MAX_EPISODE_COST``, ``DEFAULT_MAX_EPISODE_STEPS`` and ``DATASET_URLS``.
+    """
+
+    name: str
+    """DSRL's Gymnasium id, which OSRL names tasks by (``"OfflineHopperVelocityGymnasium-v1"``)."""
+    env_id: str
+    """Our env of the same task (``"SaferlPlanar-HopperVelocity-v1"``)."""
+    reward_min: float
+    """R_min (``MIN_EPISODE_REWARD``)."""
+    reward_max: float
+    """R_max (``MAX_EPISODE_REWARD``)."""
+    max_cost: float
+    """``MAX_EPISODE_COST``."""
+    obs_dim: int
+    """Observation size of the task's files."""
+    act_dim: int
+    """Action size of the task's files."""
+    dataset_file: str
+    """The file DSRL distributes (the last part of its ``DATASET_URLS`` entry)."""
+    max_episode_steps: int = 1000
+    """``DEFAULT_MAX_EPISODE_STEPS``."""
+    cost_thresholds: tuple[float, ...] = DSRL_VELOCITY_THRESHOLDS
+    """κ to evaluate at."""
+
+    def metadata(self, data: Mapping[str, np.ndarray], source: str = "") -> DatasetMetadata:
+        """DSRL's metadata for ``data`` (a file of this task); ValueError if its observation or
+        action size is not the task's."""
+        sizes = (data["observations"].shape[1], data["actions"].shape[1])
+        expected = (self.obs_dim, self.act_dim)
+        if sizes != expected:
+            raise ValueError(f"{source or 'dataset'} has observations/actions of size {sizes}; "
+                             f"DSRL's {self.name} has {expected}")  # fmt: skip
+        return DatasetMetadata(
+            env_id=self.env_id,
+            max_episode_steps=self.max_episode_steps,
+            reward_min=self.reward_min,
+            reward_max=self.reward_max,
+            max_cost=self.max_cost,
+            cost_thresholds=list(self.cost_thresholds),
+            collection=f"DSRL {self.name} ({self.dataset_file}); R_min/R_max/max cost: DSRL's "
+            "published reference values (dsrl/infos.py)",
+            obs_dim=self.obs_dim,
+            act_dim=self.act_dim,
+            num_trajectories=len(split_trajectories(data)),
+            extra={"dsrl_task": self.name, "source": source},
+        )
+
+
+def _velocity_task(robot: str, obs_act: tuple[int, int], r_min: float, r_max: float,
+                   max_cost: float, file: str) -> DSRLTask:  # fmt: skip
+    return DSRLTask(f"Offline{robot}VelocityGymnasium-v1", f"SaferlPlanar-{robot}Velocity-v1",
+                    r_min, r_max, max_cost, *obs_act, file)  # fmt: skip
+
+
+DSRL_TASKS: dict[str, DSRLTask] = {
+    t.name: t
+    for t in (
+        _velocity_task("Ant", (27, 8), 6.1519012451171875, 2976.276611328125, 250.0,
+                       "SafetyAntVelocityGymnasium-v1-250-2249.hdf5"),
+        _velocity_task("HalfCheetah", (17, 6), 5.7509765625, 2806.93310546875, 250.0,
+                       "SafetyHalfCheetahVelocityGymnasium-v1-250-2495.hdf5"),
+        _velocity_task("Hopper", (11, 3), 37.05154800415039, 1911.396728515625, 250.0,
+                       "SafetyHopperVelocityGymnasium-v1-250-2240.hdf5"),
+        _velocity_task("Swimmer", (8, 2), 0.07114458084106445, 238.95831298828125, 200.0,
+                       "SafetySwimmerVelocityGymnasium-v1-200-1686.hdf5"),
+        _velocity_task("Walker2d", (17, 6), 18.668498992919922, 3418.223876953125, 300.0,
+                       "SafetyWalker2dVelocityGymnasium-v1-300-2729.hdf5"),
+    )
+}  # fmt: skip
+"""DSRL's velocity tasks by DSRL's Gymnasium id (values from ``dsrl/infos.py``)."""
+
+_DSRL_NAME = re.compile(
+    r"(?:Offline|Safety)?(Ant|HalfCheetah|Hopper|Swimmer|Walker2d)Velocity(?:Gymnasium)?"
+    r"(?:-v(\d+))?([-_.].*)?",
+    re.IGNORECASE,
+)
+
+
+def find_dsrl_task(name: str | os.PathLike) -> DSRLTask | None:
+    """The DSRL task that ``name`` names, or None.
+
+    ``name``: DSRL's ids (``OfflineHopperVelocityGymnasium-v1``, ``OfflineHopperVelocity-v1``),
+    the files DSRL distributes (``SafetyHopperVelocityGymnasium-v1-250-2240.hdf5``, any
+    folder), Safety-Gymnasium's task (``SafetyHopperVelocity-v1``) or DSRL's short name
+    (``HopperVelocity``); case-insensitive. A version other than v1 is another task (None).
+    """
+    stem = Path(name).name
+    for suffix in (".hdf5", ".h5"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    match = _DSRL_NAME.fullmatch(stem)
+    if match is None or match.group(2) not in (None, "1"):
+        return None
+    robot = next(r for r in ("Ant", "HalfCheetah", "Hopper", "Swimmer", "Walker2d")
+                 if r.lower() == match.group(1).lower())  # fmt: skip
+    return DSRL_TASKS[f"Offline{robot}VelocityGymnasium-v1"]
+
+
+def dsrl_task(name: str) -> DSRLTask:
+    """:func:`find_dsrl_task`, or KeyError naming the tasks DSRL has and we know."""
+    task = find_dsrl_task(name)
+    if task is None:
+        example = DSRL_TASKS["OfflineHopperVelocityGymnasium-v1"].dataset_file
+        raise KeyError(f"unknown DSRL task {name!r}; expected one of {sorted(DSRL_TASKS)} "
+                       f"(or their DSRL file names, e.g. {example!r})")  # fmt: skip
+    return task
 
 
 # --------------------------------------------------------------------------- validation
@@ -404,18 +534,30 @@ def load_dataset(
     metadata: DatasetMetadata | None = None,
     env_id: str | None = None,
     max_bytes: int | None = None,
+    task: str | None = None,
 ) -> tuple[dict[str, np.ndarray], DatasetMetadata]:
     """Read a DSRL-format HDF5 file; return (data, metadata), every array float32.
 
-    Metadata: ``metadata`` if given (it overrides the file's), else the file's own, else
-    :func:`infer_metadata` with ``env_id`` (default: the file's stem). Files without our
-    metadata (real DSRL files) may hold any real or bool dtype; they are cast to float32 (values
-    beyond float32's range are an error, not infinities). Extra top-level keys in such files are
-    ignored. Shapes are checked from the file's header before any array is read, and a file
-    declaring more than ``max_bytes`` of float32 data (default: half this machine's memory) is
-    refused.
+    Metadata, the first that applies:
+
+    1. ``metadata``;
+    2. ``task``, a DSRL task (:func:`dsrl_task`; KeyError listing the known ones if it is
+       none): DSRL's metadata for it (:meth:`DSRLTask.metadata`), even over the file's own;
+    3. the file's own (ours);
+    4. the DSRL task the file's name shows (:func:`find_dsrl_task`), as DSRL distributes them;
+    5. :func:`infer_metadata` with ``env_id`` (default: the file's stem), with a warning:
+       R_min/R_max from the data, κ = :data:`DEFAULT_COST_THRESHOLDS`.
+
+    Files without our metadata (real DSRL files) may hold any real or bool dtype; they are cast
+    to float32 (values beyond float32's range are an error, not infinities). Extra top-level
+    keys in such files are ignored. Shapes are checked from the file's header before any array
+    is read, and a file declaring more than ``max_bytes`` of float32 data (default: half this
+    machine's memory) is refused.
     """
     path = Path(path)
+    if metadata is not None and task is not None:
+        raise ValueError("pass metadata= or task=, not both")
+    dsrl = dsrl_task(task) if task is not None else None
     if not path.is_file():
         raise FileNotFoundError(f"no dataset file at {str(path)!r}")
     try:
@@ -445,13 +587,31 @@ def load_dataset(
                                  "expected finite float32 data")  # fmt: skip
     validate_data(data)
     if metadata is None:
-        if ours:
-            text = stored.decode() if isinstance(stored, bytes) else str(stored)
-            metadata = DatasetMetadata.from_json(text)
-        else:
-            metadata = infer_metadata(data, env_id=env_id or path.stem)
+        metadata = _file_metadata(path, data, stored, dsrl, env_id)
     validate_metadata(metadata, data)
     return data, metadata
+
+
+def _file_metadata(
+    path: Path, data: dict[str, np.ndarray], stored: Any, dsrl: DSRLTask | None, env_id: str | None
+) -> DatasetMetadata:
+    """Steps 2-5 of :func:`load_dataset`: ``stored`` is the file's metadata attribute (or
+    None), ``dsrl`` the task passed."""
+    dsrl = dsrl or (None if stored is not None else find_dsrl_task(path.name))
+    if dsrl is not None:
+        return dsrl.metadata(data, path.name)
+    if stored is not None:
+        return DatasetMetadata.from_json(stored.decode() if isinstance(stored, bytes) else stored)
+    metadata = infer_metadata(data, env_id=env_id or path.stem)
+    kappas = "/".join(f"{k:g}" for k in metadata.cost_thresholds)
+    warnings.warn(
+        f"{path.name} has no saferl metadata and its name is no DSRL task's; normalising with "
+        f"R_min/R_max from its own returns and κ = {kappas}. For DSRL's constants pass task= "
+        f"(saferl bench --task), one of {sorted(DSRL_TASKS)}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return metadata
 
 
 def _check_header(path: Path, arrays: dict[str, Any], max_bytes: int | None) -> None:

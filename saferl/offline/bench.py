@@ -136,8 +136,9 @@ def run_bench(
     return run_grid(cells, out, workers=workers, address=address, shared=shared, log=log)
 
 
-def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
-    """Read DSRL-format files with :func:`saferl.data.load_dataset`; task name = file stem.
+def load_tasks(paths: Sequence[str | Path], dsrl: Sequence[str | None] | None = None) -> list[Task]:
+    """Read DSRL-format files with :func:`saferl.data.load_dataset` (``dsrl[i]``: the DSRL
+    task of file i, its ``task=``); task name = file stem.
 
     Two files with the same stem would merge their rows in the tables: ValueError before any
     file is read."""
@@ -150,7 +151,10 @@ def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
     if clashes:
         raise ValueError(f"datasets must have distinct file names (a task is named after its "
                          f"file's stem); these clash: {clashes}")  # fmt: skip
-    return [(Path(p).stem, *load_dataset(p)) for p in paths]
+    if dsrl is not None and len(dsrl) != len(paths):
+        raise ValueError(f"{len(dsrl)} DSRL task(s) for {len(paths)} dataset(s)")
+    dsrl = list(dsrl) if dsrl is not None else [None] * len(paths)
+    return [(Path(p).stem, *load_dataset(p, task=t)) for p, t in zip(paths, dsrl, strict=True)]
 
 
 def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
