@@ -254,29 +254,33 @@ DSRL_TASKS: dict[str, DSRLTask] = {
 """DSRL's velocity tasks by DSRL's Gymnasium id (values from ``dsrl/infos.py``)."""
 
 _DSRL_NAME = re.compile(
-    r"(?:Offline|Safety)?(Ant|HalfCheetah|Hopper|Swimmer|Walker2d)Velocity(?:Gymnasium)?"
+    r"(Offline|Safety)?(Ant|HalfCheetah|Hopper|Swimmer|Walker2d)Velocity(?:Gymnasium)?"
     r"(?:-v(\d+))?([-_.].*)?",
     re.IGNORECASE,
 )
 
 
-def find_dsrl_task(name: str | os.PathLike) -> DSRLTask | None:
+def find_dsrl_task(name: str | os.PathLike, file_name: bool = False) -> DSRLTask | None:
     """The DSRL task that ``name`` names, or None.
 
     ``name``: DSRL's ids (``OfflineHopperVelocityGymnasium-v1``, ``OfflineHopperVelocity-v1``),
     the files DSRL distributes (``SafetyHopperVelocityGymnasium-v1-250-2240.hdf5``, any
     folder), Safety-Gymnasium's task (``SafetyHopperVelocity-v1``) or DSRL's short name
     (``HopperVelocity``); case-insensitive. A version other than v1 is another task (None).
+    With ``file_name`` only the full forms count (an ``Offline``/``Safety`` prefix and
+    ``-v1``), so that a file of one's own named ``HopperVelocity.hdf5`` is not taken for DSRL's.
     """
     stem = Path(name).name
     for suffix in (".hdf5", ".h5"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
     match = _DSRL_NAME.fullmatch(stem)
-    if match is None or match.group(2) not in (None, "1"):
+    if match is None or match.group(3) not in (None, "1"):
+        return None
+    if file_name and (match.group(1) is None or match.group(3) is None):
         return None
     robot = next(r for r in ("Ant", "HalfCheetah", "Hopper", "Swimmer", "Walker2d")
-                 if r.lower() == match.group(1).lower())  # fmt: skip
+                 if r.lower() == match.group(2).lower())  # fmt: skip
     return DSRL_TASKS[f"Offline{robot}VelocityGymnasium-v1"]
 
 
@@ -544,7 +548,8 @@ def load_dataset(
     2. ``task``, a DSRL task (:func:`dsrl_task`; KeyError listing the known ones if it is
        none): DSRL's metadata for it (:meth:`DSRLTask.metadata`), even over the file's own;
     3. the file's own (ours);
-    4. the DSRL task the file's name shows (:func:`find_dsrl_task`), as DSRL distributes them;
+    4. the DSRL task the file's name shows, in the full form DSRL distributes them under
+       (:func:`find_dsrl_task` with ``file_name``);
     5. :func:`infer_metadata` with ``env_id`` (default: the file's stem), with a warning:
        R_min/R_max from the data, κ = :data:`DEFAULT_COST_THRESHOLDS`.
 
@@ -597,7 +602,7 @@ def _file_metadata(
 ) -> DatasetMetadata:
     """Steps 2-5 of :func:`load_dataset`: ``stored`` is the file's metadata attribute (or
     None), ``dsrl`` the task passed."""
-    dsrl = dsrl or (None if stored is not None else find_dsrl_task(path.name))
+    dsrl = dsrl or (None if stored is not None else find_dsrl_task(path.name, file_name=True))
     if dsrl is not None:
         return dsrl.metadata(data, path.name)
     if stored is not None:

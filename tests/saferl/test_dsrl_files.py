@@ -92,6 +92,14 @@ def test_find_dsrl_task(name: str, task: str | None) -> None:
     assert (found.name if found else None) == (task and find_dsrl_task(task).name)
 
 
+@pytest.mark.parametrize("name", ["HopperVelocity.hdf5", "SafetyHopperVelocity.hdf5"])
+def test_short_names_are_no_dsrl_file_names(name: str) -> None:
+    """A file of one's own named after the task is not taken for DSRL's (only ``task=`` is)."""
+    assert find_dsrl_task(name, file_name=True) is None
+    assert find_dsrl_task(name).name == "OfflineHopperVelocityGymnasium-v1"
+    assert find_dsrl_task(HOPPER_FILE, file_name=True).name == "OfflineHopperVelocityGymnasium-v1"
+
+
 def test_every_dsrl_task_has_its_published_constants() -> None:
     """The table of ``dsrl/infos.py`` (MIN/MAX_EPISODE_REWARD, MAX_EPISODE_COST)."""
     expected = {
