@@ -27,8 +27,8 @@ since, and the v1 tasks keep the old ones:
   (:func:`_contacts_as_before_3_5`).
 - MuJoCo 2.3 normalised free joints' quaternions in ``qpos`` in place (in ``mj_forward``); 3.0
   and later normalise a copy. Ant's reset adds noise to its quaternion, so under 2.3 its first
-  observation shows a unit quaternion; the v1 Ant normalises ``qpos`` after ``set_state``
-  (:class:`_SetStateNormalizesQuaternions`).
+  observation shows a unit quaternion; the v1 tasks normalise ``qpos`` after ``set_state``
+  (:class:`_MuJoCo2`).
 
 MuJoCo 4.0 also changed RK4 integration for free joints (Ant) by ~1e-8 per substep; that one
 cannot be undone from a model (see ``tests/envs/test_planar_parity.py``).
@@ -57,6 +57,9 @@ import numpy as np
 from gymnasium.envs.mujoco.ant_v4 import AntEnv as AntV4
 from gymnasium.envs.mujoco.half_cheetah_v4 import HalfCheetahEnv as HalfCheetahV4
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv as HalfCheetahV5
+from gymnasium.envs.mujoco.hopper_v4 import HopperEnv as HopperV4
+from gymnasium.envs.mujoco.swimmer_v4 import SwimmerEnv as SwimmerV4
+from gymnasium.envs.mujoco.walker2d_v4 import Walker2dEnv as Walker2dV4
 from gymnasium.envs.registration import load_env_creator
 
 ROBOTS: tuple[str, ...] = ("Ant", "HalfCheetah", "Hopper", "Swimmer", "Walker2d")
@@ -168,21 +171,19 @@ def make_planar(robot: str, version: int = 1, **kwargs) -> gym.Env:
     if limb_only:
         raise ValueError(f"{limb_only} apply to the 3D tasks only; {planar_id(robot, version)} "
                          "takes Gymnasium's MuJoCo keyword arguments")  # fmt: skip
-    base = _robot_class(task.base_id, task.mujoco_2)(**{**dict(task.base_kwargs), **kwargs})
-    if task.mujoco_2:
-        _contacts_as_before_3_5(base.model)
+    base = _robot_class(task)(**{**dict(task.base_kwargs), **kwargs})
     return VelocityCostWrapper(_CheckedAction(base), task.threshold, task.planar_speed)
 
 
-def _robot_class(base_id: str, mujoco_2: bool = False) -> type:
-    """Gymnasium's env class of ``base_id`` (built directly: no deprecation warning for v4);
-    HalfCheetah's with its masses set after compiling (:class:`_TotalmassAfterCompile`), the
-    v4 Ant's normalising its quaternion after ``set_state`` when ``mujoco_2``."""
-    if mujoco_2 and base_id == "Ant-v4":
-        return _AntV4
-    if base_id in _HALF_CHEETAHS:
-        return _HALF_CHEETAHS[base_id]
-    return load_env_creator(gym.spec(base_id).entry_point)
+def _robot_class(task: PlanarTask) -> type:
+    """The env class of ``task``'s robot, built directly (no deprecation warning for v4): with
+    MuJoCo 2.3's semantics (:class:`_MuJoCo2`) for the v1 tasks, Gymnasium's own class for v0
+    (HalfCheetah's with its masses set after compiling, :class:`_TotalmassAfterCompile`)."""
+    if task.mujoco_2:
+        return _MUJOCO_2[task.base_id]
+    if task.base_id == "HalfCheetah-v5":
+        return _HalfCheetahV5
+    return load_env_creator(gym.spec(task.base_id).entry_point)
 
 
 # --------------------------------------------------------------------------- contact margins
@@ -223,19 +224,22 @@ def _contacts_as_before_3_5(model: mujoco.MjModel) -> None:
         values[:] = values / 2
 
 
-class _SetStateNormalizesQuaternions:
-    """A Gymnasium MuJoCo env whose ``set_state`` leaves the free and ball joints' quaternions in
-    ``qpos`` normalised, as MuJoCo 2.3's ``mj_forward`` did (3.0 and later normalise a copy and
-    leave ``qpos`` as set). Gymnasium's resets call ``set_state``, so a reset's observation
-    shows the unit quaternion that Safety-Gymnasium (MuJoCo 2.3.3) shows."""
+class _MuJoCo2:
+    """A Gymnasium MuJoCo env simulated with MuJoCo 2.3's semantics where later versions changed
+    them: contact margins combined by their maximum (:func:`_contacts_as_before_3_5`, applied
+    to the model when it is built) and ``set_state`` leaving the free and ball joints'
+    quaternions in ``qpos`` normalised, as MuJoCo 2.3's ``mj_forward`` did (3.0 and later
+    normalise a copy and leave ``qpos`` as set; Gymnasium's resets call ``set_state``, so a
+    reset's observation shows the unit quaternion Safety-Gymnasium shows)."""
+
+    def _initialize_simulation(self):
+        model, data = super()._initialize_simulation()
+        _contacts_as_before_3_5(model)
+        return model, data
 
     def set_state(self, qpos, qvel):
         super().set_state(qpos, qvel)
         mujoco.mj_normalizeQuat(self.model, self.data.qpos)
-
-
-class _AntV4(_SetStateNormalizesQuaternions, AntV4):
-    """Gymnasium's ``Ant-v4``, quaternions normalised by ``set_state`` as under MuJoCo 2.3."""
 
 
 # --------------------------------------------------------------------------- HalfCheetah
@@ -257,15 +261,32 @@ class _TotalmassAfterCompile:
         return model, data
 
 
-class _HalfCheetahV4(_TotalmassAfterCompile, HalfCheetahV4):
-    """Gymnasium's ``HalfCheetah-v4``, masses set after compiling."""
-
-
 class _HalfCheetahV5(_TotalmassAfterCompile, HalfCheetahV5):
     """Gymnasium's ``HalfCheetah-v5``, masses set after compiling."""
 
 
-_HALF_CHEETAHS = {"HalfCheetah-v4": _HalfCheetahV4, "HalfCheetah-v5": _HalfCheetahV5}
+class _AntV1(_MuJoCo2, AntV4):
+    """``Ant-v4`` with MuJoCo 2.3's semantics."""
+
+
+class _HalfCheetahV1(_MuJoCo2, _TotalmassAfterCompile, HalfCheetahV4):
+    """``HalfCheetah-v4`` with MuJoCo 2.3's semantics, masses set after compiling."""
+
+
+class _HopperV1(_MuJoCo2, HopperV4):
+    """``Hopper-v4`` with MuJoCo 2.3's semantics."""
+
+
+class _SwimmerV1(_MuJoCo2, SwimmerV4):
+    """``Swimmer-v4`` with MuJoCo 2.3's semantics."""
+
+
+class _Walker2dV1(_MuJoCo2, Walker2dV4):
+    """``Walker2d-v4`` with MuJoCo 2.3's semantics."""
+
+
+_MUJOCO_2 = {"Ant-v4": _AntV1, "HalfCheetah-v4": _HalfCheetahV1, "Hopper-v4": _HopperV1,
+             "Swimmer-v4": _SwimmerV1, "Walker2d-v4": _Walker2dV1}  # fmt: skip
 
 
 _TOTALMASS = re.compile(r'\s*settotalmass="([^"]+)"')
