@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 # the operator families register themselves on import
 from certify.bounds import activations, arith, normalization, ops, products, shape, softmax
-from certify.bounds.ops import Linear
 from certify.bounds.protocol import BATCH, Call, Op, Var, op_for_module, ops_for_call
 from certify.bounds.shape import Reshape
 
@@ -95,17 +94,9 @@ def _copies(x: Tensor, b: int) -> Tensor:
 def _shape_error(op: Op, ins: list[Tensor], x: Tensor, direct: bool, err: Exception) -> str:
     """One sentence on why ``op`` cannot run on the values derived from ``x``."""
     shape = tuple(x.shape[1:])
-    if isinstance(op, Linear):
-        takes, got = op.weight.shape[1], ins[0].shape[-1]
-        if direct:
-            return (
-                f"x has {got} features (feature shape {shape}) where the model's first linear "
-                f"layer {op.name!r} takes {takes}; pass x of shape (B, {takes})"
-            )
-        return (
-            f"layer {op.name!r} takes {takes} input features but receives {got} for x of feature "
-            f"shape {shape}: the model's layers do not fit together"
-        )
+    hint = op.mismatch(ins, shape, direct)
+    if hint is not None:
+        return hint
     return f"the model cannot run on x of feature shape {shape}: {op!r} fails ({err})"
 
 

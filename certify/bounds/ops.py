@@ -129,6 +129,18 @@ class Linear(Op):
     def jacobian(self, z: Tensor) -> tuple[str, Tensor | None]:
         return "W", self.weight
 
+    def mismatch(self, ins: list[Tensor], x_shape: tuple, direct: bool) -> str | None:
+        takes, got = self.weight.shape[1], ins[0].shape[-1]
+        if direct:
+            return (
+                f"x has {got} features (feature shape {x_shape}) where the model's first linear "
+                f"layer {self.name!r} takes {takes}; pass x of shape (B, {takes})"
+            )
+        return (
+            f"layer {self.name!r} takes {takes} input features but receives {got} for x of "
+            f"feature shape {x_shape}: the model's layers do not fit together"
+        )
+
     def _halves(self) -> tuple[Tensor, Tensor]:
         """(W/2, |W|/2), cached while the weight is unchanged (same version) and grad is off."""
         w = self.weight

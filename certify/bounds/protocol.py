@@ -45,6 +45,7 @@ by some method raises ``NotImplementedError`` naming itself and the method, befo
 from __future__ import annotations
 
 import builtins
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,6 +137,11 @@ class Op:
         """Interval bounds (B, m) of ``C @ y`` (C: (m, n) or (B, m, n)); y's shape is (n,)."""
         lo, hi = self.ibp(*bounds)
         return ibp_spec((lo.flatten(1), hi.flatten(1)), C)
+
+    def mismatch(self, ins: list[Tensor], x_shape: tuple, direct: bool) -> str | None:
+        """Why the operator cannot take ``ins`` (from an input of feature shape ``x_shape``;
+        ``direct``: ``ins`` are the input up to reshapes), or ``None`` for the generic message."""
+        return None
 
     def jacobian(self, z: Tensor) -> tuple[str, Tensor | None]:
         """Factor of the local linearisation at ``z``: ``("W", weight)``, ``("D", slopes)`` or
@@ -381,11 +387,17 @@ def as_const(c: Any, like: Tensor) -> Tensor | float:
 
 def const_dot(A: Tensor, c: Tensor | float) -> Tensor:
     """``sum(A * c)`` over all but the first two dims of A (B, R, ...), with 0 * inf = 0: an
-    infinite constant (a -inf mask) only counts where its coefficient is non-zero."""
-    if isinstance(c, Tensor):
-        prod = A * c
-        if not bool(torch.isfinite(c).all()):
-            prod = torch.where(A != 0, prod, torch.zeros_like(prod))
-    else:
-        prod = A * c if c == c and abs(c) != float("inf") else torch.where(A != 0, A * c, 0.0)
-    return prod.flatten(2).sum(-1)
+    infinite constant (a -inf mask) only counts where its coefficient is non-zero, and then
+    makes the sum infinite. No gradient passes through an infinite entry (it would be NaN)."""
+    if not isinstance(c, Tensor):
+        if math.isfinite(c):
+            return (A * c).flatten(2).sum(-1)
+        c = torch.tensor(c, dtype=A.dtype, device=A.device)
+    finite = torch.isfinite(c)
+    if bool(finite.all()):
+        return (A * c).flatten(2).sum(-1)
+    zero = torch.zeros((), dtype=A.dtype, device=A.device)
+    out = (A * torch.where(finite, c, zero)).flatten(2).sum(-1)
+    signed = (A.detach() * torch.where(finite, zero, torch.sign(c))).flatten(2)
+    out = torch.where((signed > 0).any(-1), torch.inf, out)
+    return torch.where((signed < 0).any(-1), -torch.inf, out)
