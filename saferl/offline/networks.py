@@ -3,7 +3,9 @@
 * :class:`MLP` — plain fully connected network (critics, values, BC actors).
 * :class:`VAE` — conditional VAE of behaviour actions (BCQ-Lag's generator, CPQ's OOD detector).
 * :class:`EnsembleMLP` — ``E`` independent MLPs evaluated in one batched matmul, shape
-  ``(E, B, out)``; used for the twin reward / cost / feasibility critics.
+  ``(E, B, out)``; used for the twin reward / cost / feasibility critics. FISOR keeps all its
+  critics in one such ensemble (and both its values in another); :class:`EnsembleView` shows a
+  run of members as an ensemble of its own without copying a weight.
 * :class:`FourierFeatures` and :class:`LNResNetNoise` — the noise network of FISOR's diffusion
   actor (Zheng et al., ICLR 2024, App. on implementation; the IDQL LN-ResNet backbone).
 * :func:`ema_update` — Polyak / exponential moving average of parameters.
@@ -126,7 +128,12 @@ def kl_to_standard_normal(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor
 
 
 class EnsembleLinear(nn.Module):
-    """``E`` independent linear maps: ``(E, B, in) -> (E, B, out)`` (or ``(B, in)`` broadcast)."""
+    """``E`` independent linear maps: ``(E, B, in) -> (E, B, out)`` (or ``(B, in)`` broadcast).
+
+    Weights are stacked with a leading member dimension, ``weight (E, in, out)`` and ``bias (E,
+    1, out)``, so the members run as one batched matmul (the reference's ``nn.vmap`` ensemble);
+    ``members`` (a slice) runs only those members, on views of the same weights.
+    """
 
     def __init__(self, ensemble: int, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -134,10 +141,13 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(ensemble, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(ensemble, 1, out_dim).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight[members], bias[members]
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)
-        return torch.baddbmm(self.bias, x, self.weight)
+            x = x.unsqueeze(0).expand(weight.shape[0], -1, -1)
+        return torch.baddbmm(bias, x, weight)
 
 
 class EnsembleMLP(nn.Module):
@@ -157,10 +167,12 @@ class EnsembleMLP(nn.Module):
         self.out_dim = out_dim
         self.ensemble = ensemble
 
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *xs: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        """``(B, ·)`` inputs (concatenated) -> ``(E, B)`` or ``(E, B, out_dim)``; ``members``
+        (a slice of member indices) evaluates only those, ``E`` then being their number."""
         h = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
         for i, layer in enumerate(self.layers):
-            h = layer(h)
+            h = layer(h, members)
             if i < len(self.layers) - 1:
                 h = F.relu(h)
         return h.squeeze(-1) if self.out_dim == 1 else h
@@ -178,6 +190,38 @@ class EnsembleMLP(nn.Module):
                 linear.weight.copy_(layer.weight[k].T)
                 linear.bias.copy_(layer.bias[k, 0])
         return net.to(self.layers[0].weight.device)
+
+
+class EnsembleView:
+    """Members ``[start, stop)`` of an :class:`EnsembleMLP`, used as an ensemble of their own.
+
+    Calling it gives the parent's outputs for those members, ``(stop − start, B)`` (or, with
+    ``single=True`` and one member, ``(B,)`` as a plain :class:`MLP`); :meth:`member` and
+    :attr:`ensemble` are :class:`EnsembleMLP`'s. It owns no parameters: the weights stay the
+    parent's (views, not copies), so state dicts, optimisers and EMA see each weight once and
+    an update through the parent is seen here at once.
+    """
+
+    def __init__(self, parent: EnsembleMLP, start: int, stop: int, single: bool = False) -> None:
+        if not 0 <= start < stop <= parent.ensemble:
+            raise ValueError(f"need 0 <= start < stop <= {parent.ensemble}, got {start}, {stop}")
+        if single and stop - start != 1:
+            raise ValueError(f"single=True needs one member, got {stop - start}")
+        self.parent, self.start, self.stop, self.single = parent, start, stop, single
+
+    @property
+    def ensemble(self) -> int:
+        return self.stop - self.start
+
+    def __call__(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = self.parent(*xs, members=slice(self.start, self.stop))
+        return out[0] if self.single else out
+
+    def member(self, k: int) -> nn.Sequential:
+        """Member ``k`` of the view as a plain ``nn.Sequential`` (:meth:`EnsembleMLP.member`)."""
+        if not 0 <= k < self.ensemble:
+            raise ValueError(f"member index must be in [0, {self.ensemble}), got {k}")
+        return self.parent.member(self.start + k)
 
 
 class FourierFeatures(nn.Module):
