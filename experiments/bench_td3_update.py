@@ -6,7 +6,9 @@ suite's training agents (vectors and scalars are Gaussian noise); each repeat ti
 ``model.train(gradient_steps=G, batch_size=256)`` for every policy kind in turn (interleaved,
 so a load change on the shared machine hits every kind alike). One update = the critic step,
 plus the actor step and the target updates every ``policy_delay`` = 2 updates, as in training.
-Reported: medians over repeats of ms/update, and the median per-repeat SET/MLP ratio.
+Reported: medians over repeats of ms/update, wall clock and CPU time of the training thread
+(on a shared machine CPU time is the steadier of the two: it leaves out the time other jobs
+hold the core), and the median per-repeat ratios SET/MLP and transformer/MLP of both.
 
     python experiments/bench_td3_update.py            # small and reference configs, writes JSON
     python experiments/bench_td3_update.py --quick    # a few seconds, prints only
@@ -109,42 +111,64 @@ def build(kind: str, net_config: Any, agents: list[str], max_limbs: int, transit
     return model
 
 
-def time_updates(model: Any, gradient_steps: int, batch: int) -> float:
-    """Milliseconds per update over one ``model.train(gradient_steps, batch)`` call."""
-    start = time.perf_counter()
+def time_updates(model: Any, gradient_steps: int, batch: int) -> tuple[float, float]:
+    """Milliseconds per update over one ``model.train(gradient_steps, batch)`` call: wall
+    clock and CPU time of this thread."""
+    wall, cpu = time.perf_counter(), time.thread_time()
     model.train(gradient_steps=gradient_steps, batch_size=batch)
-    return 1000.0 * (time.perf_counter() - start) / gradient_steps
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    return 1000.0 * wall / gradient_steps, 1000.0 * cpu / gradient_steps
+
+
+def _ratios(times: dict[str, list[float]], kind: str) -> dict[str, Any]:
+    """Median and range of the per-repeat ratios ``kind`` / MLP."""
+    ratios = [a / b for a, b in zip(times[kind], times["mlp"], strict=True)]
+    return {"median": float(np.median(ratios)), "range": [min(ratios), max(ratios)]}
 
 
 def bench_config(models: dict[str, Any], repeats: int, gradient_steps: int, batch: int
                  ) -> dict[str, Any]:  # fmt: skip
-    """Interleaved repeats over the kinds; medians and the per-repeat SET/MLP ratio."""
+    """Interleaved repeats over the kinds; medians and per-repeat ratios to the MLP."""
     for model in models.values():  # warm-up (allocator, first-call overheads)
         model.train(gradient_steps=2, batch_size=batch)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    ratios = []
+    wall: dict[str, list[float]] = {k: [] for k in models}
+    cpu: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(repeats):
         for kind, model in models.items():
-            times[kind].append(time_updates(model, gradient_steps, batch))
-        ratios.append(times["set"][-1] / times["mlp"][-1])
-    out: dict[str, Any] = {"ms_per_update": {k: float(np.median(v)) for k, v in times.items()}}
-    out["all_ms"] = times
+            ms_wall, ms_cpu = time_updates(model, gradient_steps, batch)
+            wall[kind].append(ms_wall)
+            cpu[kind].append(ms_cpu)
+    out: dict[str, Any] = {"ms_per_update": {k: float(np.median(v)) for k, v in wall.items()}}
+    out["cpu_ms_per_update"] = {k: float(np.median(v)) for k, v in cpu.items()}
+    out["all_ms"], out["all_cpu_ms"] = wall, cpu
     out["params"] = {k: sum(p.numel() for p in m.policy.parameters()) for k, m in models.items()}
-    out["set_over_mlp"] = float(np.median(ratios))
-    out["set_over_mlp_range"] = [float(min(ratios)), float(max(ratios))]
+    out["over_mlp"] = {k: _ratios(wall, k) for k in models if k != "mlp"}
+    out["over_mlp_cpu"] = {k: _ratios(cpu, k) for k in models if k != "mlp"}
+    out["set_over_mlp"] = out["over_mlp"]["set"]["median"]
+    out["set_over_mlp_range"] = out["over_mlp"]["set"]["range"]
     return out
 
 
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    lo, hi = ratio["range"]
+    return f"{ratio['median']:.2f}x ({lo:.2f}-{hi:.2f})"
+
+
 def table(results: dict[str, Any]) -> str:
-    rows = ["| config | policy | params | ms / update | vs MLP |", "|---|---|---|---|---|"]
+    """Markdown table: medians per kind, per-repeat ratios to the MLP (median, range)."""
+    rows = [
+        "| config | policy | params | ms / update | CPU ms / update | / MLP (wall) | / MLP (CPU) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, res in results.items():
-        mlp = res["ms_per_update"]["mlp"]
         for kind, ms in res["ms_per_update"].items():
-            rows.append(f"| {name} | {kind} | {res['params'][kind]:,} | {ms:.1f} | "
-                        f"{ms / mlp:.2f}x |")  # fmt: skip
-        lo, hi = res["set_over_mlp_range"]
-        rows.append(f"| {name} | SET/MLP per repeat | | | {res['set_over_mlp']:.2f}x "
-                    f"({lo:.2f}-{hi:.2f}) |")  # fmt: skip
+            cpu = res["cpu_ms_per_update"][kind]
+            vs_wall = vs_cpu = "1.00x"
+            if kind != "mlp":
+                vs_wall = _ratio_text(res["over_mlp"][kind])
+                vs_cpu = _ratio_text(res["over_mlp_cpu"][kind])
+            rows.append(f"| {name} | {kind} | {res['params'][kind]:,} | {ms:.1f} | {cpu:.1f} | "
+                        f"{vs_wall} | {vs_cpu} |")  # fmt: skip
     return "\n".join(rows)
 
 

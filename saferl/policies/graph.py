@@ -1,4 +1,5 @@
-"""Pieces shared by the limb-graph policies: decoding the flat view, hop distances, masks.
+"""Pieces shared by the limb-graph policies: decoding the flat view, hop distances, masks, and
+the CPU-friendly layout of a batch of limb graphs (:class:`LimbBatch`) with its attention.
 
 Every policy in :mod:`saferl.policies` reads the padded flat observation of ``envs.layout``
 and decodes the graph view (per-limb vectors, scalars, mask, parents) inside its forward pass,
@@ -146,18 +147,107 @@ def attend(weights: Tensor, values: Tensor) -> Tensor:
     return (weights.unsqueeze(-4) * values.unsqueeze(-3)).sum(-2)
 
 
-def masked_softmax_attention(
-    q: Tensor, k: Tensor, key_mask: Tensor, bias: Tensor | None = None
-) -> Tensor:
-    """Attention weights ``(B, H, L, L)`` from q, k ``(B, H, L, dh)``; padded keys get 0 weight.
+class _Tokens(torch.autograd.Function):
+    """(..., L, B) grid -> (..., N) kept tokens, slot by slot (:class:`LimbBatch`); its gradient
+    is the grid of the tokens' gradient (one copy each way, where slicing would cost a zero grid
+    per slot in the backward pass)."""
 
-    ``key_mask`` (B, L) bool marks real limbs; ``bias`` (B, H, L, L) is added to the logits.
+    @staticmethod
+    def forward(ctx: Any, grid: Tensor, batch: LimbBatch) -> Tensor:
+        ctx.batch = batch
+        return torch.cat([grid[..., slot, :c] for slot, c in enumerate(batch.counts)], -1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _Grid.apply(grad, ctx.batch), None
+
+
+class _Grid(torch.autograd.Function):
+    """(..., N) kept tokens -> (..., L, B) grid, zero where no token was kept."""
+
+    @staticmethod
+    def forward(ctx: Any, tokens: Tensor, batch: LimbBatch) -> Tensor:
+        ctx.batch = batch
+        limbs, size = batch.shape
+        zeros = tokens.new_zeros(*tokens.shape[:-1], size)
+        parts, start = [], 0
+        for c in batch.counts:
+            parts += [tokens[..., start : start + c], zeros[..., c:]]
+            start += c
+        return torch.cat(parts, -1).unflatten(-1, (limbs, size))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _Tokens.apply(grad, ctx.batch), None
+
+
+class LimbBatch:
+    """A batch of limb graphs laid out for CPU-friendly per-limb work: (L, B) grids with the
+    batch innermost, and N limb tokens as the last (column) dimension, in limb-major order.
+
+    Per-limb operations are tiny (a few channels, 5 x 5 attention), so batched matrix products
+    over limbs would run one small GEMM per limb; with the tokens as columns every linear map
+    is one large GEMM and attention is broadcast products vectorised over the batch
+    (:func:`limb_attention`, :func:`attend`). Samples are sorted by their number of real limbs
+    (most first), so that in each limb slot l the real limbs are the first ``counts[l]``
+    samples: only those N = sum(counts) tokens enter the per-limb work (padding costs nothing
+    there; attention runs on the full grid with padded keys at weight 0). With masks that are
+    not a prefix of the limb rows some padded tokens stay in, which is correct, only slower.
+
+    ``view`` is a :func:`graph_view`; ``max_hops`` sizes the one-hot hop distances.
     """
-    logits = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
-    if bias is not None:
-        logits = logits + bias
-    logits = logits.masked_fill(~key_mask[:, None, None, :], NEG_INF)
-    return torch.softmax(logits, dim=-1)
+
+    def __init__(self, view: dict[str, Tensor], max_hops: int) -> None:
+        size, limbs = view["mask"].shape
+        dtype = view["scalars"].dtype
+        self.shape = (limbs, size)
+        """(L, B)."""
+        self.order = torch.argsort(view["mask"].sum(1), descending=True, stable=True)
+        """(B,) the sample at each sorted position."""
+        mask = view["mask"][self.order].t()  # (L, B)
+        last = (mask * torch.arange(1, size + 1, device=mask.device)).amax(1)
+        self.counts = [int(c) for c in last.tolist()]
+        """Tokens kept per limb slot: the first counts[l] sorted samples."""
+        self.mask = mask.to(dtype)
+        """(L, B) 1 on real limbs."""
+        self.key_bias = key_padding_bias(mask.t(), dtype)
+        """(L, B) 0 on real limbs, NEG_INF on padding."""
+        self.hops = hop_onehot(view["parents"][self.order], max_hops, dtype)
+        """(max_hops + 2, L * L * B) one-hot hop distances."""
+
+    def tokens(self, grid: Tensor) -> Tensor:
+        """(..., L, B) -> (..., N): the kept tokens, slot by slot."""
+        return _Tokens.apply(grid, self)
+
+    def grid(self, tokens: Tensor) -> Tensor:
+        """(..., N) -> (..., L, B), zero where no token was kept."""
+        return _Grid.apply(tokens, self)
+
+    def columns(self, per_limb: Tensor) -> Tensor:
+        """A view tensor (B, L, *f) in the caller's sample order -> tokens (*f, N)."""
+        grid = per_limb[self.order]
+        return self.tokens(grid.permute(*reversed(range(grid.dim()))))
+
+    def rows(self, tokens: Tensor) -> Tensor:
+        """Tokens (*f, N) -> (B, L, *f) in the caller's sample order, zero on dropped tokens."""
+        grid = self.grid(tokens)
+        return self.unsort(grid.permute(*reversed(range(grid.dim()))))
+
+    def unsort(self, x: Tensor, dim: int = 0) -> Tensor:
+        """Sorted samples along ``dim`` -> the caller's sample order."""
+        return x.index_select(dim, torch.argsort(self.order))
+
+    def graph_bias(self, table: Tensor) -> Tensor:
+        """Graph bias (H, L, L, B) plus the key padding bias, from a hop table (K, H)."""
+        limbs, size = self.shape
+        bias = (table.t() @ self.hops).view(table.shape[1], limbs, limbs, size)
+        return bias + self.key_bias
+
+    def masked_mean(self, values: Tensor) -> Tensor:
+        """Per-token values (N,) -> (B, 1): mean over each sample's real limbs."""
+        grid = self.grid(values)
+        mean = (grid * self.mask).sum(0) / self.mask.sum(0).clamp(min=1.0)
+        return self.unsort(mean).unsqueeze(-1)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -32,14 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from envs.layout import NUM_SCALARS, NUM_VECTORS, VECTOR_INDEX, ObsLayout, vector_slice, xyz
-from saferl.policies.graph import (
-    GraphBias,
-    attend,
-    graph_view,
-    hop_onehot,
-    key_padding_bias,
-    limb_attention,
-)
+from saferl.policies.graph import GraphBias, LimbBatch, attend, graph_view, limb_attention
 
 GRAVITY, TARGET = VECTOR_INDEX["gravity"], VECTOR_INDEX["target"]
 """Indices of g and d among the limb vectors (``envs.layout.VECTOR_NAMES``)."""
@@ -150,6 +143,29 @@ class _GramTriangle(torch.autograd.Function):
         return (sym * zc).sum(1), None
 
 
+class _Fold(torch.autograd.Function):
+    """:meth:`_Triangle.fold` as one function: W'_ij = W_ij + W_ji (i < j), W'_ii = W_ii on the
+    Gram columns, other columns unchanged; the gradient of W_ij and of W_ji is that of W'_ij
+    (a gather). A handful of small kernels each way, where autograd would record a dozen."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, tri: _Triangle, start: int) -> Tensor:
+        k = tri.k
+        ctx.tri, ctx.start = tri, start
+        before, w_gram, after = weight.split([start, k * k, weight.shape[1] - start - k * k], 1)
+        w_gram = w_gram.view(-1, k, k)
+        sym = (w_gram + w_gram.transpose(1, 2)).flatten(1)
+        half = tri.half_diag.to(weight.dtype)
+        return torch.cat([before, sym.index_select(1, tri.upper) * half, after], 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        tri, start = ctx.tri, ctx.start
+        size = tri.rows.shape[0]
+        before, g_tri, after = grad.split([start, size, grad.shape[1] - start - size], 1)
+        return torch.cat([before, g_tri.index_select(1, tri.symmetric), after], 1), None, None
+
+
 class _Triangle(nn.Module):
     """Upper triangle of the Gram matrix of k = channels + 2 vector channels: index buffers,
     the features (:class:`_GramTriangle`) and the folding of full-Gram weights onto them."""
@@ -176,11 +192,7 @@ class _Triangle(nn.Module):
     def fold(self, weight: Tensor, start: int) -> Tensor:
         """``weight`` (out, a + k*k + b) of a linear map on [x, flat Gram, y] (``start`` = a)
         -> the weight (out, a + T + b) of the same map on [x, triangle, y]."""
-        k = self.k
-        before, w_gram, after = weight.split([start, k * k, weight.shape[1] - start - k * k], 1)
-        w_gram = w_gram.view(-1, k, k)
-        sym = (w_gram + w_gram.transpose(1, 2)).flatten(1)
-        return torch.cat([before, sym.index_select(1, self.upper) * self.half_diag, after], 1)
+        return _Fold.apply(weight, self, start)
 
     def linear(self, linear: nn.Linear, before: Tensor | None, zc: Tensor, after: Tensor | None
                ) -> Tensor:  # fmt: skip
@@ -189,40 +201,6 @@ class _Triangle(nn.Module):
         parts = [x for x in (before, self.gram(zc), after) if x is not None]
         start = 0 if before is None else before.shape[0]
         return _linear_cols(torch.cat(parts), linear, self.fold(linear.weight, start))
-
-
-class _Tokens(torch.autograd.Function):
-    """(..., L, B) grid -> (..., N) kept tokens, slot by slot (:class:`_Graph`); its gradient is
-    the grid of the tokens' gradient (one copy each way, where slicing would cost a zero grid
-    per slot in the backward pass)."""
-
-    @staticmethod
-    def forward(ctx: Any, grid: Tensor, graph: _Graph) -> Tensor:
-        ctx.graph = graph
-        return torch.cat([grid[..., slot, :c] for slot, c in enumerate(graph.counts)], -1)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _Grid.apply(grad, ctx.graph), None
-
-
-class _Grid(torch.autograd.Function):
-    """(..., N) kept tokens -> (..., L, B) grid, zero where no token was kept."""
-
-    @staticmethod
-    def forward(ctx: Any, tokens: Tensor, graph: _Graph) -> Tensor:
-        ctx.graph = graph
-        limbs, batch = graph.shape
-        zeros = tokens.new_zeros(*tokens.shape[:-1], batch)
-        parts, start = [], 0
-        for c in graph.counts:
-            parts += [tokens[..., start : start + c], zeros[..., c:]]
-            start += c
-        return torch.cat(parts, -1).unflatten(-1, (limbs, batch))
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _Tokens.apply(grad, ctx.graph), None
 
 
 class VectorMix(nn.Module):
@@ -236,53 +214,19 @@ class VectorMix(nn.Module):
         return z @ self.weight
 
 
-class _Graph:
-    """One batch in SET's layout: (L, B) grids and N limb tokens in limb-major order.
-
-    Samples are sorted by their number of real limbs (most first), so that in each limb slot
-    l the real limbs are the first ``counts[l]`` samples: only those N = sum(counts) tokens
-    enter the per-limb computations (padding costs nothing there; attention runs on the full
-    (L, B) grid, padded keys at weight 0). With masks that are not a prefix of the limb rows
-    some padded tokens stay in, which is correct, only slower.
-
-    ``view`` is a :func:`graph_view`, ``extra`` (B, L, e) scalars appended to the limbs'.
-    """
+class _Graph(LimbBatch):
+    """One batch in SET's layout (:class:`LimbBatch`) with the limbs' inputs as tokens;
+    ``extra`` (B, L, e) scalars are appended to the limbs'."""
 
     def __init__(self, view: dict[str, Tensor], extra: Tensor | None, max_hops: int) -> None:
-        batch, limbs = view["mask"].shape
-        self.shape = (limbs, batch)
-        self.order = torch.argsort(view["mask"].sum(1), descending=True, stable=True)
-        """(B,) the sample at each sorted position."""
-        mask = view["mask"][self.order].t()  # (L, B)
-        last = (mask * torch.arange(1, batch + 1, device=mask.device)).amax(1)
-        self.counts = [int(c) for c in last.tolist()]
-        """Tokens kept per limb slot: the first counts[l] sorted samples."""
+        super().__init__(view, max_hops)
         scalars = view["scalars"] if extra is None else torch.cat([view["scalars"], extra], -1)
-        dtype = scalars.dtype
-        self.mask = mask.to(dtype)
-        """(L, B) 1 on real limbs."""
-        self.key_bias = key_padding_bias(mask.t(), dtype)
-        """(L, B) 0 on real limbs, NEG_INF on padding."""
-        self.hops = hop_onehot(view["parents"][self.order], max_hops, dtype)
-        """(max_hops + 2, L * L * B) one-hot hop distances."""
-        self.vectors = self.tokens(view["vectors"][self.order].permute(2, 3, 1, 0))
+        self.vectors = self.columns(view["vectors"].transpose(-1, -2))
         """(8, 3, N) limb vectors as channel rows."""
         self.gd = self.vectors[[GRAVITY, TARGET]]
         """(2, 3, N) g and d, appended to the vector channels of every layer."""
-        self.scalars = self.tokens(scalars[self.order].permute(2, 1, 0))
+        self.scalars = self.columns(scalars)
         """(S, N) limb scalars (plus extra inputs) as feature columns."""
-
-    def tokens(self, grid: Tensor) -> Tensor:
-        """(..., L, B) -> (..., N): the kept tokens, slot by slot."""
-        return _Tokens.apply(grid, self)
-
-    def grid(self, tokens: Tensor) -> Tensor:
-        """(..., N) -> (..., L, B), zero where no token was kept."""
-        return _Grid.apply(tokens, self)
-
-    def unsort(self, x: Tensor, dim: int = 0) -> Tensor:
-        """Sorted samples along ``dim`` -> the caller's sample order."""
-        return x.index_select(dim, torch.argsort(self.order))
 
 
 class SETLayer(nn.Module):
@@ -311,11 +255,7 @@ class SETLayer(nn.Module):
     def forward(self, h: Tensor, z: Tensor, graph: _Graph) -> tuple[Tensor, Tensor]:
         """h (N, d) invariant, z (m, 3, N) equivariant -> updated (h, z)."""
         n, d = h.shape
-        limbs, batch = graph.shape
-        bias = graph.key_bias
-        if self.bias is not None:  # graph bias (first layer): table (K, H) -> (H, L, L, B)
-            table = self.bias.table.weight.t()
-            bias = (table @ graph.hops).view(self.heads, limbs, limbs, batch) + bias
+        bias = graph.key_bias if self.bias is None else graph.graph_bias(self.bias.table.weight)
         # attention: q, k, v from [LN(h), Gram([Z, g, d])]; weights invariant
         zc = torch.cat([z, graph.gd])
         qkv = self.tri.linear(self.qkv, self.norm_attn(h).t(), zc, None)
@@ -379,8 +319,7 @@ class SETBackbone(nn.Module):
         view = graph_view(obs, self.layout) if view is None else view
         graph = self.graph(view, extra)
         h, z = self.run(graph)
-        grids = (graph.grid(x) for x in (h.t(), z, graph.gd))
-        h, z, gd = (graph.unsort(x.permute(*reversed(range(x.dim())))) for x in grids)
+        h, z, gd = (graph.rows(x) for x in (h.t(), z, graph.gd))
         return {**view, "h": h, "z": z, "gd": gd}
 
 
@@ -400,14 +339,18 @@ class SETActor(nn.Module):
         self.coeff = nn.Linear(self.cfg.width, self.cfg.channels + 2)
 
     def forward(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.pre_activation(obs))
+
+    def pre_activation(self, obs: Tensor) -> Tensor:
+        """Torques before tanh, (B, L*3): the invariant scalars axis_k . u, 0 on the torso and
+        padded rows (``forward`` is tanh of this; SAC and PPO use it as a Gaussian mean)."""
         view = graph_view(obs, self.layout)
         graph = self.backbone.graph(view)
         h, z = self.backbone.run(graph)
         coeff = _linear_cols(self.norm(h).t(), self.coeff)  # (m+2, N)
         u = (torch.cat([z, graph.gd]) * coeff.unsqueeze(1)).sum(0)  # (3, N)
-        torques = torch.tanh((graph.vectors[AXES] * u).sum(1))  # (3 hinges, N)
-        torques = graph.unsort(graph.grid(torques).permute(2, 1, 0))  # (B, L, 3)
-        return (torques * view["act_mask"].unsqueeze(-1)).flatten(1)
+        pre = graph.rows((graph.vectors[AXES] * u).sum(1))  # (B, L, 3 hinges)
+        return (pre * view["act_mask"].unsqueeze(-1)).flatten(1)
 
 
 class SETCritic(nn.Module):
@@ -426,6 +369,4 @@ class SETCritic(nn.Module):
         graph = self.backbone.graph(view, extra=actions)
         h, _ = self.backbone.run(graph)
         norm, linear = self.head
-        q = graph.grid(_linear_cols(norm(h).t(), linear)[0])  # (L, B)
-        q = (q * graph.mask).sum(0) / graph.mask.sum(0).clamp(min=1.0)
-        return graph.unsort(q).unsqueeze(-1)
+        return graph.masked_mean(_linear_cols(norm(h).t(), linear)[0])

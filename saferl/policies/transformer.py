@@ -4,7 +4,8 @@ Each limb is a token built from its raw world-frame vectors (flattened, 24 numbe
 scalars; pre-LayerNorm attention over limbs with the padding mask and the same hop-distance
 graph bias in the first layer as SET (SWAT adds structural embeddings; the bias plays that
 role here). Torques per limb from a linear read-out and tanh. Not equivariant: the vector
-coordinates enter as plain numbers.
+coordinates enter as plain numbers. Laid out as :class:`~saferl.policies.graph.LimbBatch`
+says (limb tokens as GEMM columns, attention vectorised over the batch, padding left out).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from envs.layout import NUM_SCALARS, NUM_VECTORS, ObsLayout
-from saferl.policies.graph import GraphBias, graph_view, masked_mean, masked_softmax_attention
+from saferl.policies.graph import GraphBias, LimbBatch, attend, graph_view, limb_attention
 
 
 @dataclass
@@ -53,13 +54,14 @@ class TransformerLayer(nn.Module):
             nn.Linear(cfg.ff, cfg.width),
         )
 
-    def forward(self, h: Tensor, mask: Tensor, parents: Tensor) -> Tensor:
-        b, n, _ = h.shape
-        q, k, v = self.qkv(self.norm_attn(h)).chunk(3, dim=-1)
-        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        bias = self.bias(parents) if self.bias is not None else None
-        attn = masked_softmax_attention(q, k, mask, bias)
-        h = h + self.out((attn @ v).transpose(1, 2).reshape(b, n, -1))
+    def forward(self, h: Tensor, batch: LimbBatch) -> Tensor:
+        """h (N, width) token rows of ``batch`` (:class:`LimbBatch`) -> updated h."""
+        bias = batch.key_bias if self.bias is None else batch.graph_bias(self.bias.table.weight)
+        # q, k, v as feature columns (3 * width, N), then on the (L, B) grid: (H, dh, L, B)
+        qkv = torch.addmm(self.qkv.bias.unsqueeze(1), self.qkv.weight, self.norm_attn(h).t())
+        q, k, v = batch.grid(qkv).unflatten(0, (3, self.heads, -1)).unbind(0)
+        msg = batch.tokens(attend(limb_attention(q, k, bias), v).flatten(0, 1))  # (width, N)
+        h = h + torch.addmm(self.out.bias, msg.t(), self.out.weight.t())
         return h + self.ff(h)
 
 
@@ -68,18 +70,27 @@ class TransformerBackbone(nn.Module):
 
     def __init__(self, layout: ObsLayout, cfg: TransformerConfig, extra: int = 0) -> None:
         super().__init__()
-        self.layout = layout
+        self.layout, self.cfg = layout, cfg
         self.embed = nn.Linear(NUM_VECTORS * 3 + NUM_SCALARS + extra, cfg.width)
         self.layers = nn.ModuleList(TransformerLayer(cfg, i == 0) for i in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
 
-    def forward(self, obs: Tensor, extra: Tensor | None = None) -> dict[str, Tensor]:
-        view = graph_view(obs, self.layout)
+    def run(self, view: dict[str, Tensor], extra: Tensor | None = None) -> tuple[Tensor, LimbBatch]:
+        """The :func:`graph_view` ``view`` (and ``extra`` (B, L, e) inputs) -> token rows
+        h (N, width) and their :class:`LimbBatch`."""
+        batch = LimbBatch(view, self.cfg.max_hops)
         parts = [view["vectors"].flatten(-2), view["scalars"]]
-        h = self.embed(torch.cat(parts if extra is None else [*parts, extra], -1))
+        x = batch.columns(torch.cat(parts if extra is None else [*parts, extra], -1))
+        h = torch.addmm(self.embed.bias, x.t(), self.embed.weight.t())
         for layer in self.layers:
-            h = layer(h, view["mask"], view["parents"])
-        return {**view, "h": self.norm(h)}
+            h = layer(h, batch)
+        return self.norm(h), batch
+
+    def forward(self, obs: Tensor, extra: Tensor | None = None) -> dict[str, Tensor]:
+        """``obs`` (B, flat) -> graph view plus h (B, L, width), zero on padded limbs."""
+        view = graph_view(obs, self.layout)
+        h, batch = self.run(view, extra)
+        return {**view, "h": batch.rows(h.t())}
 
 
 class TransformerActor(nn.Module):
@@ -98,8 +109,10 @@ class TransformerActor(nn.Module):
     def pre_activation(self, obs: Tensor) -> Tensor:
         """Torques before tanh, (B, L*3), 0 on the torso and padded rows (``forward`` is tanh
         of this; SAC and PPO use it as a Gaussian mean)."""
-        out = self.backbone(obs)
-        return (self.head(out["h"]) * out["act_mask"].unsqueeze(-1)).flatten(1)
+        view = graph_view(obs, self.layout)
+        h, batch = self.backbone.run(view)
+        pre = batch.rows(torch.addmm(self.head.bias.unsqueeze(1), self.head.weight, h.t()))
+        return (pre * view["act_mask"].unsqueeze(-1)).flatten(1)
 
 
 class TransformerCritic(nn.Module):
@@ -114,5 +127,5 @@ class TransformerCritic(nn.Module):
 
     def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
         view = graph_view(obs, self.layout)
-        out = self.backbone(obs, extra=actions * view["act_mask"].unsqueeze(-1))
-        return masked_mean(self.head(out["h"]), out["mask"])
+        h, batch = self.backbone.run(view, actions * view["act_mask"].unsqueeze(-1))
+        return batch.masked_mean(torch.mv(h, self.head.weight[0]) + self.head.bias)

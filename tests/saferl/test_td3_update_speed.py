@@ -10,6 +10,7 @@ import torch
 from envs.layout import ObsLayout
 from saferl.policies.graph import hop_distances
 from saferl.policies.set import SETActor, SETConfig, SETCritic, _Triangle, gram_invariants
+from saferl.policies.transformer import TransformerActor, TransformerConfig, TransformerCritic
 
 CFG = SETConfig(width=16, ff=32, heads=2, layers=2, channels=4)
 
@@ -25,6 +26,20 @@ ACTOR_EXPECTED = [
      -0.902797, -0.574295, 0.109712, 0.299778, -0.194017, 0.682067],
 ]  # fmt: skip
 CRITIC_EXPECTED = [0.027711, 0.089158, 0.036325, 0.068903]
+
+# The limb transformer (TransformerConfig(width=16, ff=32, heads=2, layers=2), fill(actor, 2),
+# fill(critic, 3)), computed with the transformer code before its speed-ups (commit 23a9b37).
+TRANSFORMER_ACTOR_EXPECTED = [
+    [0.0, -0.0, 0.0, 0.092273, -0.136813, 0.031326, 0.053314, -0.146602, 0.017664,
+     0.0, -0.0, -0.0, 0.0, -0.0, -0.0],
+    [0.0, -0.0, 0.0, 0.039968, -0.148558, 0.068177, 0.137405, -0.064756, 0.034078,
+     0.179829, -0.090551, -0.018601, 0.0, -0.0, -0.0],
+    [0.0, -0.0, -0.0, 0.120495, -0.124157, -0.050481, 0.105389, -0.09428, 0.015932,
+     0.094767, -0.198612, -0.023077, 0.094709, -0.126295, -0.079332],
+    [0.0, -0.0, -0.0, 0.097712, -0.103499, -0.019153, 0.197395, -0.032069, -0.028774,
+     0.150882, -0.117749, -0.023689, 0.078523, -0.182445, -0.022922],
+]  # fmt: skip
+TRANSFORMER_CRITIC_EXPECTED = [-0.199763, -0.1259, -0.173662, -0.20283]
 
 
 def fill(module: torch.nn.Module, seed: int) -> None:
@@ -67,12 +82,24 @@ def test_set_outputs_match_the_code_before_the_speedups() -> None:
     torch.testing.assert_close(q, torch.tensor(CRITIC_EXPECTED), atol=2e-5, rtol=0)
 
 
+def test_transformer_outputs_match_the_code_before_the_speedups() -> None:
+    cfg = TransformerConfig(width=16, ff=32, heads=2, layers=2)
+    actor, critic = TransformerActor(ObsLayout(5), cfg), TransformerCritic(ObsLayout(5), cfg)
+    fill(actor, 2)
+    fill(critic, 3)
+    obs, actions = inputs()
+    expected = torch.tensor(TRANSFORMER_ACTOR_EXPECTED)
+    torch.testing.assert_close(actor(obs), expected, atol=2e-5, rtol=0)
+    q = critic(obs, actions).flatten()
+    torch.testing.assert_close(q, torch.tensor(TRANSFORMER_CRITIC_EXPECTED), atol=2e-5, rtol=0)
+
+
 def test_bench_td3_update_quick(experiment, capsys) -> None:
     assert experiment("bench_td3_update").main(["--quick"]) == 0
     out = capsys.readouterr().out
     for kind in ("set", "transformer", "mlp"):
         assert f"| quick | {kind} |" in out
-    assert "SET/MLP per repeat" in out
+    assert "/ MLP (CPU)" in out
 
 
 @pytest.mark.parametrize("kind", ["set"])
