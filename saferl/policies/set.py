@@ -144,26 +144,20 @@ class _GramTriangle(torch.autograd.Function):
 
 
 class _Fold(torch.autograd.Function):
-    """:meth:`_Triangle.fold` as one function: W'_ij = W_ij + W_ji (i < j), W'_ii = W_ii on the
-    Gram columns, other columns unchanged; the gradient of W_ij and of W_ji is that of W'_ij
-    (a gather). A handful of small kernels each way, where autograd would record a dozen."""
+    """:meth:`_Triangle.fold` as one function: W'_ij = W_ij + W_ji (i < j), W'_ii = W_ii; the
+    gradient of W_ij and of W_ji is that of W'_ij (a gather). A handful of small kernels each
+    way, where autograd would record a dozen."""
 
     @staticmethod
-    def forward(ctx: Any, weight: Tensor, tri: _Triangle, start: int) -> Tensor:
-        k = tri.k
-        ctx.tri, ctx.start = tri, start
-        before, w_gram, after = weight.split([start, k * k, weight.shape[1] - start - k * k], 1)
-        w_gram = w_gram.view(-1, k, k)
+    def forward(ctx: Any, weight: Tensor, tri: _Triangle) -> Tensor:
+        ctx.tri = tri
+        w_gram = weight.view(-1, tri.k, tri.k)
         sym = (w_gram + w_gram.transpose(1, 2)).flatten(1)
-        half = tri.half_diag.to(weight.dtype)
-        return torch.cat([before, sym.index_select(1, tri.upper) * half, after], 1)
+        return sym.index_select(1, tri.upper) * tri.half_diag.to(weight.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        tri, start = ctx.tri, ctx.start
-        size = tri.rows.shape[0]
-        before, g_tri, after = grad.split([start, size, grad.shape[1] - start - size], 1)
-        return torch.cat([before, g_tri.index_select(1, tri.symmetric), after], 1), None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.index_select(1, ctx.tri.symmetric), None
 
 
 class _Triangle(nn.Module):
@@ -189,18 +183,19 @@ class _Triangle(nn.Module):
         """Triangle of :func:`gram_invariants` of ``zc = [Z, g, d]`` (k, 3, N) -> (T, N)."""
         return _GramTriangle.apply(zc, self)
 
-    def fold(self, weight: Tensor, start: int) -> Tensor:
-        """``weight`` (out, a + k*k + b) of a linear map on [x, flat Gram, y] (``start`` = a)
-        -> the weight (out, a + T + b) of the same map on [x, triangle, y]."""
-        return _Fold.apply(weight, self, start)
+    def fold(self, weight: Tensor) -> Tensor:
+        """``weight`` (out, k*k) of a linear map of the flat Gram matrix -> the weight
+        (out, T) of the same map of its upper triangle."""
+        return _Fold.apply(weight, self)
 
-    def linear(self, linear: nn.Linear, before: Tensor | None, zc: Tensor, after: Tensor | None
-               ) -> Tensor:  # fmt: skip
-        """``linear`` on the feature columns [before, Gram(zc), after] (either may be None)
-        -> (out, N)."""
-        parts = [x for x in (before, self.gram(zc), after) if x is not None]
-        start = 0 if before is None else before.shape[0]
-        return _linear_cols(torch.cat(parts), linear, self.fold(linear.weight, start))
+    def linear(self, linear: nn.Linear, zc: Tensor, x: Tensor, x_first: bool) -> Tensor:
+        """``linear`` on the feature columns [x, Gram(zc)] (or [Gram(zc), x] when not
+        ``x_first``), x (in, N) -> (out, N): one GEMM per part, no concatenated copy."""
+        size = self.k * self.k
+        sizes = [x.shape[0], size] if x_first else [size, x.shape[0]]
+        w_x, w_gram = linear.weight.split(sizes, 1)[:: 1 if x_first else -1]
+        out = torch.addmm(linear.bias.unsqueeze(1), self.fold(w_gram), self.gram(zc))
+        return torch.addmm(out, w_x, x)
 
 
 class VectorMix(nn.Module):
@@ -258,7 +253,7 @@ class SETLayer(nn.Module):
         bias = graph.key_bias if self.bias is None else graph.graph_bias(self.bias.table.weight)
         # attention: q, k, v from [LN(h), Gram([Z, g, d])]; weights invariant
         zc = torch.cat([z, graph.gd])
-        qkv = self.tri.linear(self.qkv, self.norm_attn(h).t(), zc, None)
+        qkv = self.tri.linear(self.qkv, zc, self.norm_attn(h).t(), x_first=True)
         # vector values: the same weights on bias-free mixes of [z, g, d] (equivariant)
         zv = _mix(self.vec_value.weight, zc).view(-1, n)
         grid = graph.grid(torch.cat([qkv, zv]))  # one trip to the (L, B) grid
@@ -272,7 +267,7 @@ class SETLayer(nn.Module):
         z = z + _mix(self.vec_out.weight, msg_vec.unflatten(0, (-1, 3)))
         # feed-forward: f(Z, h) = [Z, g, d] sigma(Gram, h)   (SGNN basic map)
         zc = torch.cat([z, graph.gd])
-        hidden = F.silu(self.tri.linear(self.ff[0], self.norm_ff(h).t(), zc, None))
+        hidden = F.silu(self.tri.linear(self.ff[0], zc, self.norm_ff(h).t(), x_first=True))
         h = h + _linear_rows(hidden, self.ff_scalar)
         coeff = _linear_cols(hidden, self.ff_coeff).view(self.m + 2, self.m, 1, n)
         z = z + (zc.unsqueeze(1) * coeff).sum(0)
@@ -303,7 +298,7 @@ class SETBackbone(nn.Module):
         """The batch ``graph`` -> h (N, d) invariant, z (m, 3, N) equivariant."""
         z = _mix(self.embed_vec.weight, graph.vectors)
         first, act, second = self.embed
-        h = act(self.tri.linear(first, None, torch.cat([z, graph.gd]), graph.scalars))
+        h = act(self.tri.linear(first, torch.cat([z, graph.gd]), graph.scalars, x_first=False))
         h = _linear_rows(h, second)
         for layer in self.layers:
             h, z = layer(h, z, graph)
