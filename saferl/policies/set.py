@@ -110,21 +110,23 @@ class _GramTriangle(torch.autograd.Function):
     T = k(k+1)/2: row p = (i, j), i <= j (``torch.triu_indices`` order), holds
     G_ij = sum_c zc[i, c] zc[j, c], divided by (||G||_F + 1).
 
-    Written out by hand: the forward pass is two gathers, a product and a sum, and the backward
-    pass d zc_i = sum_j D_ij zc_j (D symmetric from the triangle's gradient, diagonal doubled)
-    one gather, a product and a sum; autograd's graph of the same ops has three times as many
-    small kernels and temporaries, which dominate at these sizes on a CPU.
+    Written out by hand, one channel at a time (the rows G_i. from zc_i times zc_i..k, the
+    gradient d zc += D_.j zc_j with D symmetric from the triangle's gradient, diagonal
+    doubled): no temporary larger than k x 3 x N, where autograd's graph of gathers, products
+    and sums builds several T x 3 x N ones and three times as many kernels.
     """
 
     @staticmethod
     def forward(ctx: Any, zc: Tensor, tri: _Triangle) -> Tensor:
         k, _, n = zc.shape
-        flat = zc.reshape(k, 3 * n)
-        prod = flat.index_select(0, tri.rows).mul_(flat.index_select(0, tri.cols))
-        gram = prod.view(-1, 3, n).sum(1)
+        gram = zc.new_empty(tri.rows.shape[0], n)
+        start = 0
+        for i in range(k):
+            torch.sum(zc[i] * zc[i:], 1, out=gram[start : start + k - i])
+            start += k - i
         root = torch.mv((gram * gram).t(), tri.square_weight.to(zc.dtype)).sqrt()  # ||G||_F
         norm = root + 1.0
-        out = gram / norm
+        out = gram.div_(norm)
         ctx.save_for_backward(zc, out, root, norm)
         ctx.tri = tri
         return out
@@ -133,14 +135,43 @@ class _GramTriangle(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         zc, out, root, norm = ctx.saved_tensors
         tri: _Triangle = ctx.tri
-        k, _, n = zc.shape
+        k = zc.shape[0]
         weight = tri.square_weight.to(zc.dtype).unsqueeze(1)
         # out = G / (r + 1), r = sqrt(sum_p w_p G_p^2): dG = g / (r + 1) - w out (g . out) / r
         coef = (grad * out).sum(0) / root.clamp(min=torch.finfo(root.dtype).tiny)
         d_gram = grad / norm - weight * out * coef
         d_gram = d_gram * (3.0 - weight)  # D_ii = 2 dG_ii
-        sym = d_gram.index_select(0, tri.symmetric).view(k, k, 1, n)
-        return (sym * zc).sum(1), None
+        sym = d_gram.index_select(0, tri.symmetric).view(k, k, 1, -1)
+        d_zc = torch.zeros_like(zc)
+        for j in range(k):
+            d_zc.addcmul_(sym[:, j], zc[j])
+        return d_zc, None
+
+
+class _Mix(torch.autograd.Function):
+    """Per-limb channel mix ``zc`` (k, 3, N), ``coeff`` (k, m, N) -> (m, 3, N),
+    out[j, c] = sum_i zc[i, c] coeff[i, j] (the feed-forward block's [Z, g, d] sigma), one
+    input channel at a time in place, where a broadcast product would build a k x m x 3 x N
+    temporary."""
+
+    @staticmethod
+    def forward(ctx: Any, zc: Tensor, coeff: Tensor) -> Tensor:
+        out = coeff[0].unsqueeze(1) * zc[0]
+        for i in range(1, zc.shape[0]):
+            out.addcmul_(coeff[i].unsqueeze(1), zc[i])
+        ctx.save_for_backward(zc, coeff)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        zc, coeff = ctx.saved_tensors
+        d_zc = torch.zeros_like(zc)
+        for j in range(coeff.shape[1]):  # d zc[i, c] = sum_j coeff[i, j] grad[j, c]
+            d_zc.addcmul_(coeff[:, j].unsqueeze(1), grad[j])
+        d_coeff = torch.zeros_like(coeff)
+        for c in range(3):  # d coeff[i, j] = sum_c zc[i, c] grad[j, c]
+            d_coeff.addcmul_(zc[:, c].unsqueeze(1), grad[:, c])
+        return d_zc, d_coeff
 
 
 class _Fold(torch.autograd.Function):
@@ -269,8 +300,8 @@ class SETLayer(nn.Module):
         zc = torch.cat([z, graph.gd])
         hidden = F.silu(self.tri.linear(self.ff[0], zc, self.norm_ff(h).t(), x_first=True))
         h = h + _linear_rows(hidden, self.ff_scalar)
-        coeff = _linear_cols(hidden, self.ff_coeff).view(self.m + 2, self.m, 1, n)
-        z = z + (zc.unsqueeze(1) * coeff).sum(0)
+        coeff = _linear_cols(hidden, self.ff_coeff).view(self.m + 2, self.m, n)
+        z = z + _Mix.apply(zc, coeff)
         return h, z
 
 

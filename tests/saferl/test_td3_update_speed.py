@@ -9,7 +9,7 @@ import torch
 
 from envs.layout import ObsLayout
 from saferl.policies.graph import hop_distances
-from saferl.policies.set import SETActor, SETConfig, SETCritic, _Triangle, gram_invariants
+from saferl.policies.set import SETActor, SETConfig, SETCritic, _Mix, _Triangle, gram_invariants
 from saferl.policies.transformer import TransformerActor, TransformerConfig, TransformerCritic
 
 CFG = SETConfig(width=16, ff=32, heads=2, layers=2, channels=4)
@@ -149,6 +149,15 @@ def test_gram_triangle_matches_gram_invariants_and_its_gradient() -> None:
     torch.testing.assert_close(tri.gram(zc).t(), full[:, tri.upper], atol=1e-6, rtol=0)
     zc = zc.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda x: tri.double().gram(x), (zc,))
+
+
+def test_channel_mix_matches_its_definition_and_gradient() -> None:
+    gen = torch.Generator().manual_seed(0)
+    zc = torch.randn(5, 3, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    coeff = torch.randn(5, 4, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    expected = torch.einsum("icn,ijn->jcn", zc, coeff)
+    torch.testing.assert_close(_Mix.apply(zc, coeff), expected)
+    assert torch.autograd.gradcheck(_Mix.apply, (zc, coeff))
 
 
 def test_batch_of_mixed_morphologies_equals_samples_alone() -> None:
