@@ -289,9 +289,15 @@ def _fuse_separate_critics(module: FISORNets, state: dict, prefix: str, *_: Any)
 # Losses (pure: (batch, nets) -> (loss, stats))
 
 
+def select(mask: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``a`` where ``mask`` else ``b``, as ``b + (a − b)·mask`` (float32): ``torch.where`` with
+    two Python numbers would make two device tensors of them on every call."""
+    return b + (a - b) * mask
+
+
 def constraint_signal(cost: torch.Tensor, cost_scale: float = 25.0) -> torch.Tensor:
     """``h = +cost_scale`` where ``cost > 0`` else ``−1`` (FISOR's h(s)); shape preserved."""
-    return torch.where(cost > 0, cost_scale, -1.0).to(cost.dtype)
+    return select(cost > 0, cost_scale, -1.0)
 
 
 def feasibility_target(
@@ -314,13 +320,13 @@ def reward_target(
 
 def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     """IQL's ``mean |τ − 1(diff < 0)| · diff²`` (weight τ for diff > 0, 1 − τ otherwise)."""
-    weight = torch.where(diff > 0, tau, 1.0 - tau)
+    weight = select(diff > 0, tau, 1.0 - tau)
     return (weight * diff.square()).mean()
 
 
 def reversed_expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     """FISOR Eq. 8: weight τ where diff < 0 and 1 − τ otherwise (pulls V towards low Q)."""
-    weight = torch.where(diff < 0, tau, 1.0 - tau)
+    weight = select(diff < 0, tau, 1.0 - tau)
     return (weight * diff.square()).mean()
 
 
@@ -439,7 +445,7 @@ def policy_weights(
     )
     feasible_state = v_h <= 0
     keeps_feasible = feasible_state & (q_h <= 0)
-    return torch.where(keeps_feasible, w_feasible, torch.where(feasible_state, 0.0, w_infeasible))
+    return torch.where(keeps_feasible, w_feasible, w_infeasible.masked_fill(feasible_state, 0.0))
 
 
 @torch.no_grad()

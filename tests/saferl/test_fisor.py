@@ -558,6 +558,24 @@ def test_compiled_update_equals_eager():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_update_equals_eager_on_cuda(mode):
+    """Not yet run (no GPU so far): the compiled update, CUDA graphs included, on CUDA."""
+    cfg = dict(**SMALL, actor_dropout=0.0)
+    eager = FISOR(3, 2, FISORConfig(**cfg), device="cuda")
+    compiled = FISOR(3, 2, FISORConfig(**cfg, compile=True, compile_mode=mode), device="cuda")
+    for i in range(4):
+        cb, ab = (
+            {k: v.cuda() for k, v in b.items()} for b in (tiny_batch(8, seed=i), tiny_batch(16))
+        )
+        s1, s2 = eager.update(cb, ab), compiled.update(cb, ab)
+        for key in s1:
+            torch.testing.assert_close(s1[key], s2[key], rtol=1e-3, atol=1e-4)
+    for p, q in zip(eager.nets.parameters(), compiled.nets.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
 def test_update_and_action_selection_on_cuda():
     agent = FISOR(3, 2, FISORConfig(**SMALL), device="cuda")
     to_cuda = lambda b: {k: v.cuda() for k, v in b.items()}  # noqa: E731
