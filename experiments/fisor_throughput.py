@@ -19,9 +19,11 @@ Prints a markdown table, writes it and a plot under experiments/results/ (or --o
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,6 +74,7 @@ def load_baseline(rev: str):
         print(f"note: no baseline ({rev!r} not readable with git: {err})", file=sys.stderr)
         return None
     tmp = Path(tempfile.mkdtemp(prefix="saferl_base_"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     for name in names:
         if name.endswith(".py"):
             text = git("show", f"{rev}:{name}")
