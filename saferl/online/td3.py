@@ -727,7 +727,8 @@ def save_run(result: TrainResult, folder: str, sb3_zip: bool = False) -> dict[st
                      "budget": budget(result.config),
                      "versions": versions()}, kind="td3_actor")  # fmt: skip
     paths = {name: str(folder_path / name) for name in (WEIGHTS, CONFIG, "metrics.json")}
-    write_json(paths["metrics.json"], {"episodes": result.episodes, "losses": result.losses,
+    write_json(paths["metrics.json"], {"episodes": result.episodes,
+                                       "losses": binned_losses(result.losses),
                                        "evaluation": result.evaluation,
                                        "curve": result.curve,
                                        "seconds": result.seconds,
@@ -736,6 +737,26 @@ def save_run(result: TrainResult, folder: str, sb3_zip: bool = False) -> dict[st
         paths["model.zip"] = str(folder_path / "model.zip")
         atomic_write(paths["model.zip"], result.model.save)
     return paths
+
+
+def binned_losses(losses: Sequence[Mapping[str, float]], max_rows: int = 500) -> list[dict]:
+    """At most ``max_rows`` rows of logged losses: consecutive entries averaged in equal bins
+    (``step`` and ``updates`` of each bin's last entry, ``entries`` averaged), so a long run's
+    ``metrics.json`` stays small; the checkpoints keep every entry."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if len(losses) <= max_rows:
+        return [dict(x) for x in losses]
+    rows = []
+    for chunk in np.array_split(np.arange(len(losses)), max_rows):
+        part = [losses[i] for i in chunk]
+        row: dict[str, float] = {"step": part[-1]["step"], "updates": part[-1]["updates"],
+                                 "entries": len(part)}  # fmt: skip
+        for key in part[-1]:
+            if key not in ("step", "updates"):
+                row[key] = float(np.mean([x[key] for x in part if key in x]))
+        rows.append(row)
+    return rows
 
 
 def load_actor(folder: str, device: str | None = None) -> torch.nn.Module:

@@ -12,6 +12,7 @@ import torch
 from stable_baselines3 import TD3
 
 from saferl.online import TD3Config, critic_td_loss, load_actor, save_run, train
+from saferl.online.td3 import binned_losses
 from saferl.policies import invariance_error, orbit_angles
 
 NET = {"width": 16, "ff": 32, "heads": 2, "layers": 2, "channels": 4}
@@ -98,3 +99,17 @@ def test_cli_train_online_smoke(tmp_path, capsys) -> None:
     assert "heldout" in out and "hopper_4b" in out
     assert (tmp_path / "cli" / "model.safetensors").exists()
     assert not (tmp_path / "cli" / "model.zip").exists()  # the pickled zip is opt-in
+
+
+def test_binned_losses_average_consecutive_entries_and_keep_short_logs() -> None:
+    losses = [{"step": 3 * i, "updates": i, "critic_loss": float(i)} for i in range(1, 11)]
+    for i in range(1, 11, 2):  # the actor trains every second update
+        losses[i]["actor_loss"] = -float(i)
+    assert binned_losses(losses, max_rows=20) == losses
+    rows = binned_losses(losses, max_rows=5)
+    assert [r["updates"] for r in rows] == [2, 4, 6, 8, 10]
+    assert [r["critic_loss"] for r in rows] == [1.5, 3.5, 5.5, 7.5, 9.5]
+    assert [r["actor_loss"] for r in rows] == [-1.0, -3.0, -5.0, -7.0, -9.0]
+    assert sum(r["entries"] for r in rows) == len(losses)
+    with pytest.raises(ValueError, match="max_rows"):
+        binned_losses(losses, max_rows=0)
