@@ -22,16 +22,32 @@ import torch
 from torch import Tensor, nn
 
 from certify.bounds import compute_bounds
+from certify.bounds.structured import HOOK
 
 
 def as_actor_module(actor: nn.Module) -> nn.Module:
-    """A deterministic ``obs -> action`` module for bounding (SB3 actors adapted; others as-is)."""
+    """A deterministic ``obs -> action`` module for bounding (SB3 actors adapted; others as-is).
+
+    An SB3 actor whose ``mu`` is a whole policy network on flattened observations (one that
+    implements the structure protocol of :mod:`certify.bounds.structured`, and whose output is
+    the deterministic action) is bounded as that network."""
     has = lambda *names: all(hasattr(actor, n) for n in names)  # noqa: E731
+    if has("features_extractor", "mu") and _flattens(actor.features_extractor):
+        if hasattr(actor.mu, HOOK):
+            return actor.mu
     if has("features_extractor", "latent_pi", "mu", "action_dist"):  # SB3 SAC actor
         return nn.Sequential(actor.features_extractor, actor.latent_pi, actor.mu, nn.Tanh())
     if has("features_extractor", "mu") and isinstance(actor.mu, nn.Sequential):  # SB3 TD3/DDPG
         return nn.Sequential(actor.features_extractor, actor.mu)
     return actor
+
+
+def _flattens(extractor: nn.Module) -> bool:
+    """An SB3 features extractor that only flattens (``FlattenExtractor``, ``nn.Flatten``)."""
+    if isinstance(extractor, nn.Flatten):
+        return True
+    children = list(extractor.children())
+    return len(children) == 1 and isinstance(children[0], nn.Flatten)
 
 
 def _action_range(low, high, like: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -110,6 +126,11 @@ class ConcatCritic(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
+
+    def certify_structure(self, lo: Tensor, hi: Tensor):
+        """The wrapped critic's structure protocol (:mod:`certify.bounds.structured`), if any."""
+        hook = getattr(self.net, HOOK, None)
+        return None if hook is None else hook(lo, hi)
 
 
 @dataclass

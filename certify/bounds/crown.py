@@ -49,7 +49,7 @@ from torch import Tensor
 
 from certify.bounds import symbolic as sym
 from certify.bounds.graph import Graph
-from certify.bounds.ibp import input_rows
+from certify.bounds.ibp import input_rows, no_nan
 from certify.bounds.inputs import InputSet, concretize_lower
 from certify.bounds.protocol import Interval, Op, ibp_spec
 
@@ -382,7 +382,7 @@ def _crown_chunk(graph, inp, C, method, fast, max_elems, stats, use_sym) -> Inte
                 if exact is not None:
                     bounds[i] = exact
                     continue
-            ref = op.ibp(*ins)
+            ref = no_nan(op.ibp(*ins))
             if method == "crown" and i < last and _feeds_nonlinear(graph, i):
                 if state is not None:
                     ref = _intersect(ref, sym.bounds(state, inp))

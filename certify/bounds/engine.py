@@ -14,6 +14,7 @@ from certify.bounds.crown import CrownStats, check_crown, crown_graph
 from certify.bounds.graph import Graph, trace
 from certify.bounds.ibp import ibp_graph
 from certify.bounds.inputs import InputSet
+from certify.bounds.structured import bound_groups, select_rows, structure_groups
 
 METHODS = ("ibp", "crown", "crown-ibp")
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -261,6 +262,19 @@ def compute_bounds(
     _check_model(model, x)
     if inp is None:
         inp = make_input_set(x, eps, norm, x_min, x_max)
+    groups = structure_groups(model, inp.lo.reshape(x.shape), inp.hi.reshape(x.shape))
+    if groups is not None:  # structure decoded from the input (certify.bounds.structured)
+
+        def bound(module, xs, sub, Cs):
+            _check_model(module, xs)
+            return _bound_set(module, xs, sub, method, Cs, fast, backend, reference, stats)
+
+        return bound_groups(groups, x, lambda rows: select_rows(inp, rows), C, bound)
+    return _bound_set(model, x, inp, method, C, fast, backend, reference, stats)
+
+
+def _bound_set(model, x, inp, method, C, fast, backend, reference, stats) -> tuple[Tensor, Tensor]:
+    """Bounds of ``model`` over the (validated) input set ``inp`` around centres ``x``."""
     if backend == "auto_lirpa":
         from certify.backends import auto_lirpa_bounds
 

@@ -17,11 +17,20 @@ import torch
 from torch import Tensor, nn
 
 # the operator families register themselves on import
-from certify.bounds import activations, arith, normalization, ops, products, shape, softmax
+from certify.bounds import (
+    activations,
+    arith,
+    normalization,
+    ops,
+    pointwise,
+    products,
+    shape,
+    softmax,
+)
 from certify.bounds.protocol import BATCH, Call, Op, Var, op_for_module, ops_for_call
 from certify.bounds.shape import Reshape
 
-del activations, arith, normalization, ops, products, shape, softmax
+del activations, arith, normalization, ops, pointwise, products, shape, softmax
 
 
 @dataclass

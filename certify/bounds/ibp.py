@@ -17,7 +17,7 @@ from certify.bounds.graph import Graph
 from certify.bounds.inputs import InputSet
 from certify.bounds.protocol import Interval, Op, ibp_spec
 
-__all__ = ["ibp_graph", "ibp_spec", "input_rows"]
+__all__ = ["ibp_graph", "ibp_spec", "input_rows", "no_nan"]
 
 
 def input_rows(graph: Graph) -> list[bool]:
@@ -46,9 +46,18 @@ def ibp_graph(graph: Graph, inp: InputSet, x_shape: torch.Size, C: Tensor | None
         exact = None
         if not inp.is_box and len(node.inputs) == 1 and is_input[node.inputs[0]]:
             exact = op.input_bounds(inp)
-        vals.append(exact if exact is not None else op.ibp(*ins))
+        vals.append(exact if exact is not None else no_nan(op.ibp(*ins)))
     lo, hi = vals[-1]
     return ibp_spec((lo.flatten(1), hi.flatten(1)), C)
+
+
+def no_nan(b: Interval) -> Interval:
+    """NaN (an overflow: inf - inf, 0 * inf in a wide interval) as -inf below and inf above,
+    so that no later operator reads it as a number (sound: the whole real line)."""
+    inf = torch.inf
+    return torch.nan_to_num(b[0], nan=-inf, posinf=inf, neginf=-inf), torch.nan_to_num(
+        b[1], nan=inf, posinf=inf, neginf=-inf
+    )
 
 
 def _storage(t: Tensor) -> int:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from envs.layout import ObsLayout
+from saferl.policies.bounded import FixedStructure
 from saferl.policies.graph import check_obs, graph_view
 
 
@@ -33,7 +34,7 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPActor(nn.Module):
+class MLPActor(FixedStructure, nn.Module):
     """flat obs (B, L*PER_LIMB) -> torques (B, L*3) in [-1, 1]."""
 
     def __init__(self, layout: ObsLayout, cfg: MLPConfig | None = None) -> None:
@@ -53,7 +54,7 @@ class MLPActor(nn.Module):
         return (pre * act_mask.unsqueeze(-1)).flatten(1)
 
 
-class MLPCritic(nn.Module):
+class MLPCritic(FixedStructure, nn.Module):
     """(obs (B, flat), actions (B, L, 3)) -> Q (B, 1)."""
 
     def __init__(self, layout: ObsLayout, cfg: MLPConfig | None = None) -> None:

@@ -70,6 +70,11 @@ class CriticAdapter(nn.Module):
         obs, actions = split_obs_actions(inputs, self.critic.layout)
         return self.critic(obs, actions)
 
+    def certify_structure(self, lo: Tensor, hi: Tensor) -> list:
+        """certify's structure protocol: the critic's fixed-structure forms on the same
+        concatenated input (:mod:`saferl.policies.bounded`)."""
+        return self.critic.certify_structure(lo, hi)
+
 
 class LimbActor(Actor):
     """SB3 TD3 actor whose ``mu`` is a limb-graph policy net (flat obs -> actions)."""

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from envs.layout import NUM_SCALARS, NUM_VECTORS, VECTOR_INDEX, ObsLayout, vector_slice, xyz
+from saferl.policies.bounded import FixedStructure
 from saferl.policies.graph import GraphBias, LimbBatch, attend, graph_view, limb_attention
 
 GRAVITY, TARGET = VECTOR_INDEX["gravity"], VECTOR_INDEX["target"]
@@ -349,7 +350,7 @@ class SETBackbone(nn.Module):
         return {**view, "h": h, "z": z, "gd": gd}
 
 
-class SETActor(nn.Module):
+class SETActor(FixedStructure, nn.Module):
     """SET policy: flat obs (B, L*PER_LIMB) -> torques (B, L*3) in [-1, 1].
 
     Per limb an equivariant vector u = [z, g, d] c(h) (c invariant) gives the torque of hinge k
@@ -379,7 +380,7 @@ class SETActor(nn.Module):
         return (pre * view["act_mask"].unsqueeze(-1)).flatten(1)
 
 
-class SETCritic(nn.Module):
+class SETCritic(FixedStructure, nn.Module):
     """SET Q-function: (obs (B, flat), actions (B, L, 3)) -> Q (B, 1), mean of per-limb Qs."""
 
     def __init__(self, layout: ObsLayout, cfg: SETConfig | None = None) -> None:

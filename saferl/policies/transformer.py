@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from envs.layout import NUM_SCALARS, NUM_VECTORS, ObsLayout
+from saferl.policies.bounded import FixedStructure
 from saferl.policies.graph import GraphBias, LimbBatch, attend, graph_view, limb_attention
 
 
@@ -93,7 +94,7 @@ class TransformerBackbone(nn.Module):
         return {**view, "h": batch.rows(h.t())}
 
 
-class TransformerActor(nn.Module):
+class TransformerActor(FixedStructure, nn.Module):
     """flat obs (B, L*PER_LIMB) -> torques (B, L*3); torso and padded rows are 0."""
 
     def __init__(self, layout: ObsLayout, cfg: TransformerConfig | None = None) -> None:
@@ -115,7 +116,7 @@ class TransformerActor(nn.Module):
         return (pre * view["act_mask"].unsqueeze(-1)).flatten(1)
 
 
-class TransformerCritic(nn.Module):
+class TransformerCritic(FixedStructure, nn.Module):
     """(obs (B, flat), actions (B, L, 3)) -> Q (B, 1), mean of per-limb Qs over real limbs."""
 
     def __init__(self, layout: ObsLayout, cfg: TransformerConfig | None = None) -> None:
