@@ -1,0 +1,285 @@
+"""The networks the toolkit trains, bounded as they are: SET, limb-transformer and MLP actors and
+critics (small and reference sizes), SB3 TD3/SAC actors, FISOR's fused Q ensembles and noise
+network, BC and BCQ-Lag actors. For each: the fixed-structure form equals the network, and no
+sampled point of the eps-ball (uniform and corners, >= 10^4 per network) nor a PGD attack leaves
+the IBP, CROWN or CROWN-IBP bounds; CROWN is no wider than IBP. Also the operators added for
+them (abs, clamp, min/max, log, sin/cos, vector norm), each under hypothesis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from certify_nets import one_thread, pgd_escape, sample_box
+from gymnasium import spaces
+from hypothesis import given
+from hypothesis import strategies as st
+from test_operators import SETTINGS, _net, check, problems
+
+from certify import compute_bounds
+from certify.policy import ConcatCritic, as_actor_module
+from envs.layout import ObsLayout
+from saferl.policies import build_actor, build_critic
+from saferl.policies.sb3 import CriticAdapter
+
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+
+METHODS = ("ibp", "crown", "crown-ibp")
+SMALL = {
+    "set": {"width": 32, "ff": 64, "heads": 2, "layers": 2, "channels": 8},
+    "transformer": {"width": 32, "ff": 64, "heads": 2, "layers": 2},
+    "mlp": {"hidden": [256, 256]},
+}
+REFERENCE = {"set": None, "transformer": None, "mlp": None}  # the config defaults
+N_POINTS = 10_000
+
+
+def spaces_for(max_limbs: int) -> tuple[spaces.Box, spaces.Box]:
+    layout = ObsLayout(max_limbs)
+    obs = spaces.Box(-np.inf, np.inf, (layout.flat_dim,), np.float32)
+    return obs, spaces.Box(-1.0, 1.0, (layout.action_dim,), np.float32)
+
+
+def scene(max_limbs: int, n_limbs: list[int], seed: int = 0) -> torch.Tensor:
+    """Flat observations of chains with ``n_limbs[b]`` real limbs (scaled like the envs')."""
+    gen = torch.Generator().manual_seed(seed)
+    layout = ObsLayout(max_limbs)
+    obs = 0.5 * torch.randn(len(n_limbs), layout.flat_dim, generator=gen)
+    _, _, s1, m1, _ = layout.bounds()
+    limbs = torch.arange(max_limbs)
+    for b, n in enumerate(n_limbs):
+        obs[b, s1:m1] = (limbs < n).float()
+        obs[b, m1:] = torch.where(limbs < n, limbs - 1.0, -1.0)
+    return obs
+
+
+def violations(f, model, lo_x, hi_x, gen, n_points=N_POINTS, pgd=True) -> dict:
+    """Bounds of every method on the box [lo_x, hi_x] (B, D); sampled points (half uniform,
+    half corners; ``n_points`` in all) and PGD points outside them, and mean widths."""
+    B = lo_x.shape[0]
+    bounds = {}
+    for method in METHODS:
+        with torch.no_grad():
+            bounds[method] = compute_bounds(model, (lo_x, hi_x), method=method)
+    with torch.no_grad():
+        pts = sample_box(lo_x, hi_x, max(n_points // B, 2), gen)
+        ys = [f(p) for p in pts.split(2048, 1)]
+        y = torch.cat([*ys, f(((lo_x + hi_x) / 2).unsqueeze(1))], 1)
+    out = {"samples": y.shape[0] * y.shape[1]}
+    for method, (lo, hi) in bounds.items():
+        yy = y
+        if pgd:
+            adv = pgd_escape(f, lo_x, hi_x, lo, hi, steps=10, starts=8, gen=gen)
+            with torch.no_grad():
+                yy = torch.cat([y, f(adv)], 1)
+        tol = 1e-5 * (1 + torch.maximum(lo.abs(), hi.abs()))
+        bad = (yy < (lo - tol).unsqueeze(1)) | (yy > (hi + tol).unsqueeze(1))
+        out[method] = (int(bad.sum()), float((hi - lo).mean()))
+    return out
+
+
+def assert_sound(result: dict) -> None:
+    for method in METHODS:
+        assert result[method][0] == 0, f"{result[method][0]} points escape {method}: {result}"
+    crown, ibp = result["crown"][1], result["ibp"][1]
+    assert crown <= ibp * (1 + 1e-6) + 1e-9, result
+
+
+def batched(net):
+    """(B, n, D) points -> (B, n, out) outputs of ``net`` on (N, D) rows."""
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        return net(p.reshape(-1, p.shape[-1])).reshape(p.shape[0], p.shape[1], -1)
+
+    return f
+
+
+# ---------------------------------------------------------------- limb-graph policies
+
+
+def _actor(kind: str, config, limbs: int = 4):
+    torch.manual_seed(0)
+    return build_actor(kind, *spaces_for(limbs), config, device="cpu").eval()
+
+
+def _critic(kind: str, config, limbs: int = 4):
+    torch.manual_seed(1)
+    return CriticAdapter(build_critic(kind, *spaces_for(limbs), config, device="cpu")).eval()
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+def test_fixed_structure_forms_equal_the_networks(kind: str) -> None:
+    actor, critic = _actor(kind, SMALL[kind], 5), _critic(kind, SMALL[kind], 5)
+    obs = scene(5, [2, 5, 3, 5, 1], seed=3)
+    z = torch.cat([obs, torch.rand(5, 15) * 2 - 1], 1)
+    with torch.no_grad():
+        for net, x in ((actor, obs), (critic, z)):
+            groups = net.certify_structure(x, x)
+            assert sorted(torch.cat([r for r, _ in groups]).tolist()) == list(range(5))
+            for rows, module in groups:
+                torch.testing.assert_close(module(x[rows]), net(x[rows]), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+def test_small_actors_sound(kind: str) -> None:
+    actor = _actor(kind, SMALL[kind])
+    obs = scene(4, [3, 4])
+    eps = 1e-3
+    gen = torch.Generator().manual_seed(0)
+    result = violations(batched(actor), actor, obs - eps, obs + eps, gen)
+    assert_sound(result)
+    assert result["crown"][1] < 0.5  # informative, where IBP through attention is not
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+@pytest.mark.parametrize("fixed_action", [False, True])
+def test_small_critics_sound(kind: str, fixed_action: bool) -> None:
+    critic = _critic(kind, SMALL[kind])
+    obs = scene(4, [3, 2])
+    z = torch.cat([obs, torch.rand(2, 12, generator=torch.Generator().manual_seed(2)) * 2 - 1], 1)
+    eps = torch.full_like(z, 1e-3)
+    if fixed_action:
+        eps[:, obs.shape[1] :] = 0
+    gen = torch.Generator().manual_seed(1)
+    assert_sound(violations(batched(critic), critic, z - eps, z + eps, gen))
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+def test_reference_actors_sound_ibp_and_crown_ibp(kind: str) -> None:
+    """Reference sizes, a 3-limb morphology, one state; CROWN: the slow test below."""
+    actor = _actor(kind, REFERENCE[kind], 3)
+    obs = scene(3, [3])
+    lo_x, hi_x = obs - 1e-4, obs + 1e-4
+    gen = torch.Generator().manual_seed(0)
+    f = batched(actor)
+    with torch.no_grad():
+        y = torch.cat([f(sample_box(lo_x, hi_x, N_POINTS, gen)), f(obs.unsqueeze(1))], 1)
+    for method in ("ibp", "crown-ibp"):
+        with torch.no_grad():
+            lo, hi = compute_bounds(actor, obs, 1e-4, method=method)
+        adv = pgd_escape(f, lo_x, hi_x, lo, hi, steps=5, starts=4, gen=gen)
+        with torch.no_grad():
+            yy = torch.cat([y, f(adv)], 1)
+        assert not ((yy < lo.unsqueeze(1) - 1e-5) | (yy > hi.unsqueeze(1) + 1e-5)).any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+def test_reference_actors_sound_crown(kind: str) -> None:
+    actor = _actor(kind, REFERENCE[kind], 3)
+    obs = scene(3, [3])
+    gen = torch.Generator().manual_seed(0)
+    assert_sound(violations(batched(actor), actor, obs - 1e-4, obs + 1e-4, gen))
+
+
+def test_structure_crossing_a_threshold_raises() -> None:
+    actor = _actor("set", SMALL["set"])
+    with pytest.raises(ValueError, match="limb structure"):
+        compute_bounds(actor, scene(4, [3]), 0.6, method="ibp")
+
+
+def test_sb3_limb_actors_are_their_policy_nets() -> None:
+    from stable_baselines3 import SAC, TD3
+
+    from saferl.policies import LimbSACPolicy, LimbTD3Policy
+
+    class Env:
+        observation_space, action_space = spaces_for(3)
+
+    import gymnasium as gym
+
+    class Dummy(gym.Env):
+        observation_space, action_space = Env.observation_space, Env.action_space
+
+        def reset(self, seed=None, options=None):
+            return self.observation_space.sample() * 0, {}
+
+        def step(self, a):
+            return self.observation_space.sample() * 0, 0.0, False, False, {}
+
+    obs = scene(3, [3, 2])
+    for algo, policy in ((TD3, LimbTD3Policy), (SAC, LimbSACPolicy)):
+        kwargs = {"kind": "set", "net_config": {**SMALL["set"], "layers": 1}}
+        model = algo(policy, Dummy(), policy_kwargs=kwargs, device="cpu")
+        net = as_actor_module(model.policy.actor)
+        with torch.no_grad():
+            det = model.policy._predict(obs, deterministic=True)
+        torch.testing.assert_close(net(obs), det)
+        lo, hi = compute_bounds(net, obs, 1e-3, method="crown")
+        assert bool(((lo <= det + 1e-6) & (det <= hi + 1e-6)).all())
+        critic = ConcatCritic(model.policy.critic, obs.shape[1])
+        z = torch.cat([obs, det], 1)
+        q_lo, q_hi = compute_bounds(critic, z, 1e-3, method="crown")
+        q = critic(z)
+        assert bool(((q_lo <= q + 1e-5) & (q <= q_hi + 1e-5)).all())
+
+
+# ---------------------------------------------------------------- operators added for them
+
+
+OPS = {
+    "abs": lambda a, b: torch.abs(a) - b,
+    "clamp": lambda a, b: torch.clamp(a, -0.3, 0.5) + b,
+    "clamp_min": lambda a, b: a.clamp(min=0.1) * 2 - b,
+    "maximum": lambda a, b: torch.maximum(a, b),
+    "minimum": lambda a, b: torch.minimum(a, 2 * b),
+    "max_const": lambda a, b: torch.maximum(a, torch.tensor(0.2, dtype=a.dtype)) + b,
+    "min_const_vec": lambda a, b: torch.min(a, torch.tensor([0.2, -0.1, 0.0], dtype=a.dtype)) - b,
+    "log": lambda a, b: torch.log(torch.exp(a) + 0.2) - b,
+    "sin": lambda a, b: torch.sin(3 * a) + b,
+    "cos": lambda a, b: torch.cos(2 * a) * 1.5 - b,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_new_operators_sound(name: str) -> None:
+    body = OPS[name]
+
+    @SETTINGS
+    @given(problems(max_eps=1.0), st.integers(1, 3))
+    def run(problem, k) -> None:
+        _, d, x, eps, gen = problem
+        k = 3 if name.endswith("_vec") else k  # the constant's length
+        check(_net(d, (k,), body, dtype=x.dtype), x, eps, gen, attack=True)
+
+    run()
+
+
+def test_vector_norm_sound() -> None:
+    def body(a, b):
+        return torch.linalg.vector_norm(a, dim=-1, keepdim=True) + b.norm(dim=-1, keepdim=True)
+
+    @SETTINGS
+    @given(problems(), st.integers(1, 3), st.integers(1, 4))
+    def run(problem, T, k) -> None:
+        _, d, x, eps, gen = problem
+        check(_net(d, (T, k), body, dtype=x.dtype), x, eps, gen, attack=True)
+
+    run()
+
+
+def test_new_operators_refuse_what_they_cannot_bound() -> None:
+    x = torch.zeros(1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"torch.log.*> 0"):
+        compute_bounds(_net(3, (2,), lambda a, b: torch.log(a)), x, 1.0, method="crown")
+    l1 = _net(3, (2,), lambda a, b: a.norm(p=1, dim=-1, keepdim=True))
+    with pytest.raises(NotImplementedError, match="Euclidean norm"):
+        compute_bounds(l1, x, 0.1, method="ibp")
+    reduction = _net(3, (2,), lambda a, b: torch.max(a, 1, keepdim=True).values)
+    with pytest.raises(NotImplementedError, match="reduction"):
+        compute_bounds(reduction, x, 0.1, method="ibp")
+
+
+def test_sin_interval_is_exact_at_extrema() -> None:
+    from certify.bounds.pointwise import Sin
+
+    lo = torch.tensor([[0.0, 1.0, -2.0, 4.0]], dtype=torch.float64)
+    hi = torch.tensor([[3.0, 1.2, -1.0, 10.0]], dtype=torch.float64)
+    low, up = Sin().ibp((lo, hi))
+    z = lo + (hi - lo) * torch.linspace(0, 1, 100_001, dtype=torch.float64).unsqueeze(-1)
+    s = torch.sin(z)
+    torch.testing.assert_close(low, s.amin(0, keepdim=True), atol=1e-8, rtol=0)
+    torch.testing.assert_close(up, s.amax(0, keepdim=True), atol=1e-8, rtol=0)
+    assert math.isclose(float(up[0, 0]), 1.0, abs_tol=1e-12)
