@@ -42,6 +42,7 @@ from torch import nn
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig
 from saferl.common.runtime import seeded
 from saferl.data.dsrl import DatasetMetadata, validate_data
+from saferl.offline.bounded import FlatPerturbation, one_group
 from saferl.offline.buffer import TransitionBuffer
 from saferl.offline.networks import (
     MLP,
@@ -127,6 +128,10 @@ class Perturbation(nn.Module):
 
     def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return (a + self.phi * self.net(s, a)).clamp(-1.0, 1.0)
+
+    def certify_structure(self, lo: torch.Tensor, hi: torch.Tensor) -> list:
+        """certify's structure protocol: bounded on ``[s, a]`` (:mod:`saferl.offline.bounded`)."""
+        return one_group(lo, FlatPerturbation(self))
 
 
 class BCQLagNets(nn.Module):

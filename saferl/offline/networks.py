@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from saferl.offline.bounded import BatchFirstEnsemble, FlatMLP, NoiseOnConcat, one_group
+
 
 def mlp(sizes: Iterable[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
@@ -66,6 +68,11 @@ class MLP(nn.Module):
         if self.squash:
             y = torch.tanh(y)
         return y.squeeze(-1) if self.out_dim == 1 else y
+
+    def certify_structure(self, lo: torch.Tensor, hi: torch.Tensor) -> list:
+        """certify's structure protocol: bounded on the concatenated inputs, (B, out)
+        (:mod:`saferl.offline.bounded`)."""
+        return one_group(lo, FlatMLP(self))
 
 
 class VAE(nn.Module):
@@ -177,6 +184,11 @@ class EnsembleMLP(nn.Module):
                 h = F.relu(h)
         return h.squeeze(-1) if self.out_dim == 1 else h
 
+    def certify_structure(self, lo: torch.Tensor, hi: torch.Tensor) -> list:
+        """certify's structure protocol: bounded on the concatenated inputs, members side by
+        side, (B, E) (:mod:`saferl.offline.bounded`)."""
+        return one_group(lo, BatchFirstEnsemble(self))
+
     def member(self, k: int) -> nn.Sequential:
         """Member ``k`` as a plain ``nn.Sequential`` of Linear/ReLU (a copy, ``(B, in) -> (B,
         out)``), e.g. for :mod:`certify`'s bound engine."""
@@ -216,6 +228,11 @@ class EnsembleView:
     def __call__(self, *xs: torch.Tensor) -> torch.Tensor:
         out = self.parent(*xs, members=slice(self.start, self.stop))
         return out[0] if self.single else out
+
+    def bounded(self) -> nn.Module:
+        """The view's members as one module ``(B, in) -> (B, E)`` sharing the parent's weights,
+        for :func:`certify.compute_bounds` (:mod:`saferl.offline.bounded`)."""
+        return BatchFirstEnsemble(self.parent, slice(self.start, self.stop))
 
     def member(self, k: int) -> nn.Sequential:
         """Member ``k`` of the view as a plain ``nn.Sequential`` (:meth:`EnsembleMLP.member`)."""
@@ -289,6 +306,11 @@ class LNResNetNoise(nn.Module):
     def forward(self, a_t: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = torch.cat([a_t, s, self.time(t)], dim=-1)
         return self.out(F.mish(self.blocks(self.inp(x))))
+
+    def certify_structure(self, lo: torch.Tensor, hi: torch.Tensor) -> list:
+        """certify's structure protocol: bounded on ``[a_t, s, t]`` (B, A + S + 1)
+        (:mod:`saferl.offline.bounded`)."""
+        return one_group(lo, NoiseOnConcat(self))
 
 
 @torch.no_grad()

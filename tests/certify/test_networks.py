@@ -283,3 +283,115 @@ def test_sin_interval_is_exact_at_extrema() -> None:
     torch.testing.assert_close(low, s.amin(0, keepdim=True), atol=1e-8, rtol=0)
     torch.testing.assert_close(up, s.amax(0, keepdim=True), atol=1e-8, rtol=0)
     assert math.isclose(float(up[0, 0]), 1.0, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------- offline learners
+
+OBS, ACT = 11, 3  # Hopper's sizes
+
+
+def _fisor(reference: bool):
+    from saferl.offline.fisor import FISORConfig, FISORNets
+
+    small = {"critic_hidden": (32, 32), "actor_width": 32, "actor_blocks": 1, "time_dim": 16}
+    torch.manual_seed(0)
+    return FISORNets(OBS, ACT, FISORConfig() if reference else FISORConfig(**small)).eval()
+
+
+def _per_member(ensemble):
+    """(B, n, D) -> (B, n, E): an ensemble's (E, N) outputs, batch first."""
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        return ensemble(p.reshape(-1, p.shape[-1])).T.reshape(p.shape[0], p.shape[1], -1)
+
+    return f
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_fisor_critics_sound(reference: bool) -> None:
+    """The fused Q_r/Q_h ensemble (all members), the Q_h view and the values."""
+    nets = _fisor(reference)
+    gen = torch.Generator().manual_seed(0)
+    sa = torch.randn(2, OBS + ACT, generator=gen)
+    lo, hi = sa - 0.01, sa + 0.01
+    assert_sound(violations(_per_member(nets.critic), nets.critic, lo, hi, gen))
+    q_h = nets.q_h
+    assert_sound(violations(_per_member(q_h), q_h.bounded(), lo, hi, gen))
+    s = sa[:, :OBS]
+    assert_sound(violations(_per_member(nets.value), nets.value, s - 0.01, s + 0.01, gen))
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_fisor_noise_network_sound(reference: bool) -> None:
+    """eps_theta(a_t, s, t) on [a_t, s, t]: a_t and s bounded, the diffusion time fixed (its
+    Fourier features are sin/cos of a constant) or, small sizes only, bounded as well."""
+    nets = _fisor(reference)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.cat([torch.randn(2, ACT + OBS, generator=gen), torch.tensor([[3.0], [0.0]])], 1)
+    eps = torch.full_like(z, 1e-3)
+    eps[:, -1] = 0.0
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        q = p.reshape(-1, p.shape[-1])
+        out = nets.actor(q[:, :ACT], q[:, ACT : ACT + OBS], q[:, -1])
+        return out.reshape(p.shape[0], p.shape[1], -1)
+
+    n = 2_000 if reference else N_POINTS
+    assert_sound(violations(f, nets.actor, z - eps, z + eps, gen, n_points=n))
+    if not reference:
+        eps[:, -1] = 0.05
+        assert_sound(violations(f, nets.actor, z - eps, z + eps, gen))
+
+
+def test_bc_and_bcq_lag_actors_sound() -> None:
+    from saferl.offline.bcq_lag import BCQLagConfig, BCQLagNets
+    from saferl.offline.bounded import BCQLagPolicy
+    from saferl.offline.networks import MLP
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    bc = MLP(OBS, ACT, (256, 256), squash=True)  # BC's actor
+    s = torch.randn(2, OBS, generator=gen)
+    assert_sound(violations(batched(bc), bc, s - 0.01, s + 0.01, gen))
+    nets = BCQLagNets(OBS, ACT, BCQLagConfig()).eval()
+    sa = torch.cat([s, torch.rand(2, ACT, generator=gen) * 2 - 1], 1)
+    actor = nets.actor
+
+    def perturbed(p: torch.Tensor) -> torch.Tensor:
+        q = p.reshape(-1, p.shape[-1])
+        return actor(q[:, :OBS], q[:, OBS:]).reshape(p.shape[0], p.shape[1], -1)
+
+    assert_sound(violations(perturbed, actor, sa - 0.01, sa + 0.01, gen))
+    policy = BCQLagPolicy(nets)  # the deterministic act: latent 0, fixed
+    sz = torch.cat([s, torch.zeros(2, nets.vae.latent)], 1)
+    eps = torch.zeros_like(sz)
+    eps[:, :OBS] = 0.01
+    with torch.no_grad():
+        act = nets.actor(s, nets.vae.decode(s, torch.zeros(2, nets.vae.latent)))
+    torch.testing.assert_close(policy(sz), act)
+    assert_sound(violations(batched(policy), policy, sz - eps, sz + eps, gen))
+
+
+def test_sb3_mlp_actors_sound() -> None:
+    """SB3's own TD3 actor and SAC's squashed-Gaussian mean path (deterministic action)."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC, TD3
+
+    class Dummy(gym.Env):
+        observation_space = spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
+        action_space = spaces.Box(-1.0, 1.0, (ACT,), np.float32)
+
+        def reset(self, seed=None, options=None):
+            return np.zeros(OBS, np.float32), {}
+
+        def step(self, a):
+            return np.zeros(OBS, np.float32), 0.0, False, False, {}
+
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(2, OBS, generator=gen)
+    for algo in (TD3, SAC):
+        model = algo("MlpPolicy", Dummy(), device="cpu", seed=0)
+        net = as_actor_module(model.policy.actor)
+        with torch.no_grad():
+            torch.testing.assert_close(net(s), model.policy._predict(s, deterministic=True))
+        assert_sound(violations(batched(net), net, s - 0.01, s + 0.01, gen))
