@@ -43,9 +43,10 @@ def elementwise_backward(A: Tensor, rel: Lines) -> BackwardStep:
     A3 = A.reshape(B, shape[1], -1)
     ls, us = ls.reshape(B, 1, -1), us.reshape(B, 1, -1)
     neg = A3.clamp(max=0)
-    const = (neg @ ub.reshape(B, -1, 1)).squeeze(-1)
+    # products and sums, not batched matrix-vector products (slow kernels on CPU)
+    const = (neg * ub.reshape(B, 1, -1)).sum(-1)
     if lb is not None:
-        const = const + ((A3 - neg) @ lb.reshape(B, -1, 1)).squeeze(-1)
+        const = const + ((A3 - neg) * lb.reshape(B, 1, -1)).sum(-1)
     out = A3 * ls
     out.addcmul_(neg, us - ls)  # in place: one (B, R, n) buffer fewer (mul saves no output)
     return [out.reshape(shape)], const
@@ -113,7 +114,7 @@ class ReLU(Activation):
         return (lo < 0) & (hi > 0)
 
     def relax(self, lo: Tensor, hi: Tensor) -> Lines:
-        return _leaky_relax(lo, hi, 0.0)
+        return _relu_relax(lo, hi)
 
     def ibp_inplace(self, lo: Tensor, hi: Tensor) -> Interval:
         return lo.clamp_(min=0), hi.clamp_(min=0)
@@ -150,6 +151,26 @@ class LeakyReLU(Activation):
 
     def relax(self, lo: Tensor, hi: Tensor) -> Lines:
         return _leaky_relax(lo, hi, self.slope)
+
+
+def _relu_relax(lo: Tensor, hi: Tensor) -> Lines:
+    """``_leaky_relax(lo, hi, 0)``, the same values, without its ``where`` steps (slow kernels
+    on CPU) for finite bounds without autograd: with u+ = max(u, 0) and l- = min(l, 0) the
+    upper slope is u+ / (u+ - l-) (1 when active, 0 when dead, the chord when unstable; 0/0
+    only where l = u = 0, dead), its intercept -l- times it, and the lower slope 1 if
+    u + l > 0 (u > -l: an exact sum of floats rounds to 0 only when it is 0) or l >= 0."""
+    if (
+        lo.device.type != "cpu"
+        or (torch.is_grad_enabled() and (lo.requires_grad or hi.requires_grad))
+        or not math.isfinite(float((hi - lo).sum()))  # a sum: isfinite().all() is slow
+    ):
+        return _leaky_relax(lo, hi, 0.0)
+    hp, ln = hi.clamp(min=0), lo.clamp(max=0)
+    den = hp - ln
+    us = torch.div(hp, den, out=den).nan_to_num_(nan=0.0)
+    ub = ln.mul_(us).neg_()
+    ls = (hi + lo > 0).logical_or_(lo >= 0).to(lo.dtype)
+    return ls, None, us, ub
 
 
 def _leaky_relax(lo: Tensor, hi: Tensor, a: float) -> Lines:

@@ -392,7 +392,7 @@ def _crown_chunk(graph, inp, C, method, fast, max_elems, stats, use_sym) -> Inte
                 ref = _tighten(graph, i, ref, mask, inp, relax, fast, max_elems, stats)
         bounds[i] = ref
     with _timed(stats, "final"):
-        crown = _final(graph, last, inp, relax, C, stats)
+        crown = _final(graph, last, inp, relax, C, stats, max_elems)
         return _with_ibp(crown, bounds[last], C, intersect=method == "crown")
 
 
@@ -415,18 +415,67 @@ def _with_ibp(crown: Interval, box: Interval, C: Tensor | None, intersect: bool)
     )
 
 
-def _final(graph, last, inp, relax, C, stats) -> Interval:
-    """Backward bound of the specification rows ``C`` (dense form, shared by both paths)."""
+def _final(graph, last, inp, relax, C, stats, max_elems) -> Interval:
+    """Backward bound of the specification rows ``C`` (dense form, shared by both paths).
+
+    Rows shared by every example (``C`` of shape (m, n) or None) go through the linear
+    operators at the top of the graph once, as (1, 2m, ...) matrices; from the first operator
+    with a relaxation on, examples are processed in chunks whose A matrices stay below
+    ``max_elems`` elements (on CPU: cache-sized buffers the allocator reuses, instead of fresh
+    pages for every (B, 2m, n) product)."""
     B = inp.lo.shape[0]
     n = graph.widths[last]
     if C is None:
         C = torch.eye(n, dtype=graph.dtype, device=inp.lo.device)
-    Cb = C if C.dim() == 3 else C.unsqueeze(0).expand(B, -1, -1)
-    m = Cb.shape[1]
-    A = torch.cat([Cb, -Cb], dim=1)
-    c = A.new_zeros(B, 2 * m)
+    m = C.shape[-2]
+    A = torch.cat([C, -C], dim=-2)
     stats.dense_rows += 2 * m * B
-    pending = {last: A.reshape(B, 2 * m, *graph.shapes[last])}
-    A, c = _backward(graph, pending, c, last, relax)
-    low = concretize_lower(A, c, inp, lambda t: t.unsqueeze(1))
+    pending = {last: A.reshape(-1, 2 * m, *graph.shapes[last])}
+    const = A.new_zeros(pending[last].shape[0], 2 * m)
+    top = last
+    if C.dim() == 2:
+        pending, const, top = _shared_prefix(graph, pending, const, last)
+    if top == 0:  # linear up to the input: one shared (2m, D) matrix
+        A0 = pending.get(0)
+        A0 = const.new_zeros(2 * m, graph.widths[0]) if A0 is None else A0.reshape(2 * m, -1)
+        low = concretize_lower(A0, const[0], inp, lambda t: t.unsqueeze(1))
+        return low[:, :m], -low[:, m:]
+    size = _chunks(B, 2 * m, max(graph.widths[: top + 1]), max_elems // 4)
+    parts = []
+    for s in range(0, B, size):
+        sel = slice(s, min(s + size, B))
+        k = sel.stop - s
+        sub, rel = _sub(inp, relax, sel)
+        pend = {j: _rows_of(a, sel, k) for j, a in pending.items()}
+        A, c = _backward(graph, pend, _rows_of(const, sel, k), top, rel)
+        parts.append(concretize_lower(A, c, sub, lambda t: t.unsqueeze(1)))
+    low = torch.cat(parts) if len(parts) > 1 else parts[0]
     return low[:, :m], -low[:, m:]
+
+
+def _rows_of(t: Tensor, sel: slice, k: int) -> Tensor:
+    """Examples ``sel`` of a per-example tensor, or a shared (1, ...) one expanded to ``k``."""
+    return t.expand(k, *t.shape[1:]) if t.shape[0] == 1 else t[sel]
+
+
+def _shared_prefix(graph: Graph, pending: dict, const: Tensor, last: int) -> tuple:
+    """Apply the linear operators from node ``last`` down to the first operator with a
+    relaxation to the shared (1, R, ...) rows ``pending``, once for all examples. Returns the
+    rows pending there, the constant (1, R) and that node (0 if the graph is linear). Gives up
+    (returns its arguments) if an operator makes the rows depend on the example."""
+    rows, c = dict(pending), const
+    for j in range(last, 0, -1):
+        if j not in rows:
+            continue
+        node = graph.nodes[j]
+        if not node.op.linear:
+            return rows, c, j
+        coefs, cj = node.op.backward(rows.pop(j), None)
+        if cj is not None:
+            c = c + cj
+        for k, Ak in zip(node.inputs, coefs, strict=True):
+            if Ak is not None:
+                rows[k] = Ak if k not in rows else rows[k] + Ak
+        if c.shape[0] != 1 or any(a.shape[0] != 1 for a in rows.values()):
+            return pending, const, last
+    return rows, c, 0

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from certify.bounds import gemm
+
 
 @dataclass
 class InputSet:
@@ -52,7 +54,7 @@ def _concretize_shared(A: Tensor, const: Tensor, inp: InputSet) -> Tensor:
     """min over the set of ``A x + const`` for every example, with one (n, D) matrix ``A``."""
     if inp.is_box:
         c, r = (inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2
-        return const + c @ A.T - r @ A.abs().T
+        return const + gemm.linear(c, A) - gemm.linear(r, A.abs())
     dual = _dual_norm(A, inp.p)
     return const + inp.x0 @ A.T - inp.eps * dual
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from certify.bounds import gemm
 from certify.bounds import symbolic as sym
 from certify.bounds.inputs import concretize_lower
 from certify.bounds.protocol import (
@@ -67,16 +68,16 @@ class Linear(Op):
         """
         lo, hi = b
         half, half_abs = self._halves()
-        c = torch.nn.functional.linear(lo + hi, half, self.bias)
-        r = torch.nn.functional.linear(hi - lo, half_abs)
+        c = gemm.linear(lo + hi, half, self.bias)
+        r = gemm.linear(hi - lo, half_abs)
         return c - r, c + r
 
     def ibp_inplace(self, lo: Tensor, hi: Tensor) -> Interval:
         half, half_abs = self._halves()
         s = torch.add(lo, hi)
         d = torch.sub(hi, lo, out=hi)
-        c = torch.nn.functional.linear(s, half, self.bias)
-        r = torch.nn.functional.linear(d, half_abs)
+        c = gemm.linear(s, half, self.bias)
+        r = gemm.linear(d, half_abs)
         return torch.sub(c, r, out=s) if s.shape == c.shape else c - r, c.add_(r)
 
     def ibp_stacked(self, z: Tensor) -> Tensor | None:
@@ -106,7 +107,7 @@ class Linear(Op):
             const = A @ self.bias
             if const.dim() > 2:
                 const = const.flatten(2).sum(-1)
-        return [A @ self.weight], const
+        return [gemm.linear(A, self.weight.T)], const
 
     def input_bounds(self, inp) -> Interval | None:
         """Exact per-neuron bounds of ``W x + b`` over the input set (dual norm for l_p)."""

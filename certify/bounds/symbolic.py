@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from certify.bounds import gemm
 from certify.bounds.inputs import InputSet, concretize_lower
 
 Interval = tuple[Tensor, Tensor]
@@ -43,10 +44,10 @@ def start(inp: InputSet) -> SymState:
 def affine(s: SymState, op) -> SymState:
     """Through ``op`` (weight (m, n), bias_or_zero (m,)): a linear layer on flat vectors."""
     W = op.weight
-    Jt = W.T if s.Jt is None else s.Jt @ W.T
+    Jt = W.T if s.Jt is None else gemm.linear(s.Jt, W)
     mid, rad = (s.e_hi + s.e_lo) / 2, (s.e_hi - s.e_lo) / 2
-    mid, rad = mid @ W.T, rad @ W.abs().T
-    return SymState(Jt, s.c @ W.T + op.bias_or_zero, mid - rad, mid + rad, s.d)
+    mid, rad = gemm.linear(mid, W), gemm.linear(rad, W.abs())
+    return SymState(Jt, gemm.linear(s.c, W, op.bias_or_zero), mid - rad, mid + rad, s.d)
 
 
 def activation(s: SymState, op, relax: tuple, bounds: Interval) -> SymState:
