@@ -288,7 +288,7 @@ def crown_graph(
         return _crown_chunk(graph, inp, C, method, fast, max_elems, stats, use_sym)
     # symbolic states are padded to the chunk's largest count of noise symbols: chunks of
     # examples with similar counts of unstable first-layer neurons waste less (on CPU)
-    cap = 2**26 if on_gpu else 2**24
+    cap = 2**26 if on_gpu else 2**22
     size = max(1, min(B, cap // max(max(graph.widths) * D, 1)))
     size = size if on_gpu else min(size, 256)
     order = _by_first_layer_instability(graph, inp) if B > size else None

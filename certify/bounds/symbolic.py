@@ -27,13 +27,19 @@ Interval = tuple[Tensor, Tensor]
 @dataclass
 class SymState:
     """``z = [x; xi]^T Jt + c + [e_lo, e_hi]``; ``Jt`` (B, D + K, n) is stored transposed so
-    that an affine layer is one shared-weight matrix product; None means the identity (z = x)."""
+    that an affine layer is one shared-weight matrix product; None means the identity (z = x).
+
+    ``fresh``: the noise symbols the last activation introduced, one per neuron, whose rows
+    of ``Jt`` are one-hot and therefore not stored: ``(idx, val)`` (B, U), row u equal to
+    ``val[u]`` (>= 0; 0 in padding) at neuron ``idx[u]``. The next affine layer maps them by
+    gathering rows of its weight instead of a matrix product."""
 
     Jt: Tensor | None
     c: Tensor
     e_lo: Tensor
     e_hi: Tensor
     d: int
+    fresh: tuple[Tensor, Tensor] | None = None
 
 
 def start(inp: InputSet) -> SymState:
@@ -45,6 +51,9 @@ def affine(s: SymState, op) -> SymState:
     """Through ``op`` (weight (m, n), bias_or_zero (m,)): a linear layer on flat vectors."""
     W = op.weight
     Jt = W.T if s.Jt is None else gemm.linear(s.Jt, W)
+    if s.fresh is not None:  # one-hot rows: rows of W^T, scaled
+        idx, val = s.fresh
+        Jt = torch.cat([Jt, W.T[idx] * val.unsqueeze(-1)], 1)
     mid, rad = (s.e_hi + s.e_lo) / 2, (s.e_hi - s.e_lo) / 2
     mid, rad = gemm.linear(mid, W), gemm.linear(rad, W.abs())
     return SymState(Jt, gemm.linear(s.c, W, op.bias_or_zero), mid - rad, mid + rad, s.d)
@@ -54,36 +63,39 @@ def activation(s: SymState, op, relax: tuple, bounds: Interval) -> SymState:
     """f(z) = lam z + g(z), lam = upper slope >= 0, g in [g_lo, g_hi] on [l, u]."""
     ls, lb, us, ub = relax
     lam = us
+    s = _materialised(s)
     J_in = s.Jt if s.Jt is not None else _eye(s.c)
+    Jt = lam.unsqueeze(1) * J_in
     if op.piecewise_linear:
         # lam in [a, 1], so lam z is a valid lower line through the origin: g in [0, ub]
-        Jt = _scaled_with_noise(J_in, lam, ub / 2)
-        return SymState(Jt, lam * s.c + ub / 2, lam * s.e_lo, lam * s.e_hi, s.d)
-    Jt = lam.unsqueeze(1) * J_in
+        fresh = _fresh_noise(ub / 2)
+        return SymState(Jt, lam * s.c + ub / 2, lam * s.e_lo, lam * s.e_hi, s.d, fresh)
     lo, hi = bounds
     lb = torch.zeros_like(lam) if lb is None else lb
     g_lo = torch.minimum((ls - lam) * lo, (ls - lam) * hi) + lb
     return SymState(Jt, lam * s.c, lam * s.e_lo + g_lo, lam * s.e_hi + ub, s.d)
 
 
-def _scaled_with_noise(J: Tensor, lam: Tensor, half: Tensor) -> Tensor:
-    """``[lam * J; G]`` (B, K + U, n) in one buffer; row u of G holds the half-width of the u-th
-    neuron with ``half > 0`` (rows padded to the batch maximum U)."""
+def _fresh_noise(half: Tensor) -> tuple[Tensor, Tensor]:
+    """One noise symbol per neuron with ``half > 0``: its index and half-width (B, U), the
+    rows padded to the batch maximum U (padding: value 0)."""
     mask = half > 0
     counts = mask.sum(1)
     U = int(counts.max()) if counts.numel() else 0
     idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :U]
     valid = torch.arange(U, device=half.device) < counts.unsqueeze(1)
-    val = torch.where(valid, half.gather(1, idx), torch.zeros_like(idx, dtype=half.dtype))
-    B, n = half.shape
-    K = J.shape[-2]
-    if torch.is_grad_enabled() and (J.requires_grad or lam.requires_grad or half.requires_grad):
-        G = half.new_zeros(B, U, n).scatter(2, idx.unsqueeze(2), val.unsqueeze(2))
-        return torch.cat([lam.unsqueeze(1) * J, G], 1)
-    out = half.new_empty(B, K + U, n)
-    torch.mul(J, lam.unsqueeze(1), out=out[:, :K])
-    out[:, K:].zero_().scatter_(2, idx.unsqueeze(2), val.unsqueeze(2))
-    return out
+    return idx, half.gather(1, idx) * valid
+
+
+def _materialised(s: SymState) -> SymState:
+    """``s`` with its fresh noise rows stored in ``Jt``."""
+    if s.fresh is None:
+        return s
+    idx, val = s.fresh
+    B, n = s.c.shape
+    G = val.new_zeros(B, idx.shape[1], n).scatter(2, idx.unsqueeze(2), val.unsqueeze(2))
+    J = s.Jt if s.Jt is not None else _eye(s.c).expand(B, n, n)
+    return SymState(torch.cat([J, G], 1), s.c, s.e_lo, s.e_hi, s.d)
 
 
 def _eye(c: Tensor) -> Tensor:
@@ -97,6 +109,9 @@ def bounds(s: SymState, inp: InputSet) -> Interval:
         Jt = Jt.unsqueeze(0)
     Jx, Jg = Jt[:, : s.d], Jt[:, s.d :]
     noise = Jg.abs().sum(1)
+    if s.fresh is not None:  # one-hot rows: |val| at their neuron
+        idx, val = s.fresh
+        noise = noise + torch.zeros_like(s.c).scatter_add(1, idx, val)
     if inp.is_box:
         xc, xr = (inp.hi + inp.lo) / 2, (inp.hi - inp.lo) / 2
         mid = (xc.unsqueeze(1) @ Jx).squeeze(1) + s.c
