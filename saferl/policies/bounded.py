@@ -160,6 +160,7 @@ def gram_linear(linear: nn.Linear, zc: Tensor, x: Tensor, x_first: bool) -> Tens
     n, k, e = zc.shape[1], zc.shape[3], x.shape[2]
     w = linear.weight
     w_x, w_g = (w[:, :e], w[:, e:]) if x_first else (w[:, k * k :], w[:, : k * k])
+    w_x, w_g = w_x.contiguous(), w_g.contiguous()  # column slices: GEMM kernels want dense rows
     g = torch.einsum("bnci,bncj->bnij", zc, zc).reshape(-1, n, k * k)
     small = torch.einsum("bnci,bndi->bncd", zc, zc).reshape(-1, n, 9)
     scale = torch.linalg.vector_norm(small, dim=-1, keepdim=True) + 1.0

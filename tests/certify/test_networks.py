@@ -395,3 +395,15 @@ def test_sb3_mlp_actors_sound() -> None:
         with torch.no_grad():
             torch.testing.assert_close(net(s), model.policy._predict(s, deterministic=True))
         assert_sound(violations(batched(net), net, s - 0.01, s + 0.01, gen))
+
+
+def test_experiment_quick(experiment, tmp_path, capsys) -> None:
+    import json
+
+    assert experiment("certify_networks").main(["--quick", "--out", str(tmp_path)]) == 0
+    assert "CROWN" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "certify_networks_quick.json").read_text())["rows"]
+    assert len(rows) >= 8
+    for row in rows:
+        assert all(row[m]["violations"] == 0 for m in METHODS), row
+        assert row["crown"]["width"] <= row["ibp"]["width"] * (1 + 1e-6), row
