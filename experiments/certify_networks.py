@@ -219,6 +219,15 @@ def measure(case: Case, points: int, steps: int, starts: int, timing: int, gen) 
     return row
 
 
+def finite(v):
+    """JSON-safe: non-finite floats (an IBP bound that overflowed) as strings."""
+    if isinstance(v, dict):
+        return {k: finite(x) for k, x in v.items()}
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
 def table(rows: list[dict]) -> str:
     head = (
         f"{'network':28s} {'eps':>7s} {'IBP':>9s} {'CROWN':>9s} {'CROWN-IBP':>9s} "
@@ -267,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(c, points, steps, starts, timing, gen) for c in cases(args.quick, gen)]
     print(table(rows))
     name = "certify_networks_quick.json" if args.quick else "certify_networks.json"
-    write_json(out / name, {"threads": torch.get_num_threads(), "rows": rows})
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "seed": args.seed}
+    write_json(out / name, {**meta, "rows": [finite(r) for r in rows]})
     return 0
 
 

@@ -17,6 +17,7 @@ from gymnasium import spaces
 from hypothesis import given
 from hypothesis import strategies as st
 from test_operators import SETTINGS, _net, check, problems
+from torch import nn
 
 from certify import compute_bounds
 from certify.policy import ConcatCritic, as_actor_module
@@ -406,4 +407,34 @@ def test_experiment_quick(experiment, tmp_path, capsys) -> None:
     assert len(rows) >= 8
     for row in rows:
         assert all(row[m]["violations"] == 0 for m in METHODS), row
-        assert row["crown"]["width"] <= row["ibp"]["width"] * (1 + 1e-6), row
+        assert float(row["crown"]["width"]) <= float(row["ibp"]["width"]) * (1 + 1e-6), row
+
+
+class _Grouped(nn.Module):
+    """``x -> 2 x`` whose structure hook returns what it is given (protocol checks)."""
+
+    def __init__(self, groups) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+    def certify_structure(self, lo, hi):
+        return self.groups(lo) if callable(self.groups) else self.groups
+
+
+def test_structure_protocol_groups_are_checked() -> None:
+    x = torch.randn(3, 3)
+    plain = _Grouped(None)  # None: no structure, the module itself is traced
+    lo, hi = compute_bounds(plain, x, 0.1, method="crown")
+    assert bool(((lo <= plain(x)) & (plain(x) <= hi)).all())
+    split = _Grouped(lambda lo: [(torch.tensor([2, 0]), plain.lin), (torch.tensor([1]), plain.lin)])
+    torch.testing.assert_close(compute_bounds(split, x, 0.1, method="crown"), (lo, hi))
+    missing = _Grouped(lambda lo: [(torch.tensor([0, 1]), plain.lin)])
+    with pytest.raises(ValueError, match="exactly one group"):
+        compute_bounds(missing, x, 0.1, method="ibp")
+    not_module = _Grouped(lambda lo: [(torch.arange(3), lambda z: z)])
+    with pytest.raises(TypeError, match="not an nn.Module"):
+        compute_bounds(not_module, x, 0.1, method="ibp")
