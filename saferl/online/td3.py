@@ -902,7 +902,8 @@ def demo_stage(budget_steps: int = 500, seed: int = 0, device: str = "cpu") -> d
     """A tiny TD3 + SET run on one agent (hopper_3) for ``saferl demo`` (well under 60 s on a
     CPU): returns the episodes seen, the critic loss before/after extra updates on a fixed batch,
     the return of the trained policy beside that of zero torques on the same episodes, and its
-    rotation-invariance error."""
+    rotation-invariance error; ``actor`` (the trained policy net, flat obs -> action) and
+    ``states`` (64 replay observations) for the demo's certify stage."""
     with torch_threads(1):  # tiny networks: one thread is fastest on a shared CPU
         return _demo_stage(budget_steps, seed, device)
 
@@ -926,6 +927,7 @@ def _demo_stage(budget_steps: int, seed: int, device: str) -> dict[str, Any]:
     after = critic_td_loss(model, batch)
     actor = model.policy.actor.eval()
     error = invariance_error(actor, batch.observations, orbit_angles(12))
+    policy_net = deterministic_net(model.policy).eval()  # what save_run saves (and certify takes)
     max_limbs = envs.get_morphology("hopper_3").num_limbs
     zero = rollout(lambda obs: np.zeros((len(obs), 3 * max_limbs)),
                    lambda: envs.make(envs.env_id("hopper_3"), max_limbs=max_limbs),
@@ -954,4 +956,6 @@ def _demo_stage(budget_steps: int, seed: int, device: str) -> dict[str, Any]:
         "zero_torque_return": float(zero.returns.mean()),
         "rotation_invariance_error": error,
         "seconds": time.perf_counter() - start,
+        "actor": policy_net,
+        "states": batch.observations[:64].detach().clone(),
     }
