@@ -8,7 +8,8 @@ so over an input set that does not cross them it is constant, and the net is an 
 function of the observation. Each net implements certify's structure protocol
 (:mod:`certify.bounds.structured`): the rows of the input box are grouped by their decoded
 structure, and per group a plain module (below) computes what the net computes for that
-structure, on the same (B, flat_dim) observations (critics: (B, flat_dim + action_dim)):
+structure, on the same (B, flat_dim) observations (actors and state values; critics on
+[obs, actions], (B, flat_dim + action_dim)):
 
 * only the real limbs are tokens, tokens are (B, n, ...) rows;
 * attention over the real limbs only (the nets give padded keys exactly zero weight), the
@@ -265,6 +266,20 @@ class FixedSETCritic(nn.Module):
         return self.head(h).mean(1)
 
 
+class FixedSETValue(nn.Module):
+    """:class:`~saferl.policies.value.SETValue` for one structure: obs (B, flat) -> V (B, 1)."""
+
+    def __init__(self, value: nn.Module, s: Structure) -> None:
+        super().__init__()
+        self.decode = _Decode(s)
+        self.backbone = FixedSETBackbone(value.backbone, s)
+        self.head = value.head
+
+    def forward(self, obs: Tensor) -> Tensor:
+        h, _ = self.backbone(*self.decode(obs))
+        return self.head(h).mean(1)
+
+
 # ---------------------------------------------------------------------------- transformer
 
 
@@ -327,6 +342,19 @@ class FixedTransformerCritic(nn.Module):
         return self.head(h).mean(1)
 
 
+class FixedTransformerValue(nn.Module):
+    """:class:`~saferl.policies.value.TransformerValue` for one structure: obs -> V (B, 1)."""
+
+    def __init__(self, value: nn.Module, s: Structure) -> None:
+        super().__init__()
+        self.decode = _Decode(s)
+        self.backbone = FixedTransformerBackbone(value.backbone, s)
+        self.head = value.head
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.head(self.backbone(_tokens(*self.decode(obs)))).mean(1)
+
+
 # ---------------------------------------------------------------------------- MLP
 
 
@@ -344,7 +372,8 @@ class FixedMLPActor(nn.Module):
 
 
 class FixedMLPCritic(nn.Module):
-    """:class:`~saferl.policies.mlp.MLPCritic` on [obs, actions] (no structure at all)."""
+    """:class:`~saferl.policies.mlp.MLPCritic` on [obs, actions], and
+    :class:`~saferl.policies.value.MLPValue` on obs (no structure at all)."""
 
     def __init__(self, critic: nn.Module, s: Structure) -> None:
         super().__init__()
@@ -361,6 +390,7 @@ def _fixed_class(net: nn.Module) -> type[nn.Module]:
     from saferl.policies.mlp import MLPActor, MLPCritic
     from saferl.policies.set import SETActor, SETCritic
     from saferl.policies.transformer import TransformerActor, TransformerCritic
+    from saferl.policies.value import MLPValue, SETValue, TransformerValue
 
     table = {
         SETActor: FixedSETActor,
@@ -369,6 +399,9 @@ def _fixed_class(net: nn.Module) -> type[nn.Module]:
         TransformerCritic: FixedTransformerCritic,
         MLPActor: FixedMLPActor,
         MLPCritic: FixedMLPCritic,
+        SETValue: FixedSETValue,
+        TransformerValue: FixedTransformerValue,
+        MLPValue: FixedMLPCritic,
     }
     for cls, fixed in table.items():
         if isinstance(net, cls):
@@ -389,7 +422,7 @@ def fixed_groups(net: nn.Module, lo: Tensor, hi: Tensor) -> GroupList:
     """certify's structure protocol for a policy net (actor: input obs (B, flat); critic:
     [obs, actions] (B, flat + L*3)): rows grouped by structure, one fixed module each."""
     layout: ObsLayout = net.layout
-    is_critic = "Critic" in _fixed_class(net).__name__
+    is_critic = "Critic" in type(net).__name__  # [obs, actions]; actors and values: obs
     width = layout.flat_dim + (layout.action_dim if is_critic else 0)
     if lo.dim() != 2 or lo.shape[1] != width:
         what = "[obs, actions]" if is_critic else "observations"

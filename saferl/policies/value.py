@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from envs.layout import ObsLayout
 from saferl.common.runtime import resolve_device
+from saferl.policies.bounded import FixedStructure
 from saferl.policies.factory import make_config
 from saferl.policies.graph import check_obs, layout_for, masked_mean
 from saferl.policies.mlp import MLPConfig, mlp
@@ -22,7 +23,7 @@ from saferl.policies.set import SETBackbone, SETConfig
 from saferl.policies.transformer import TransformerBackbone, TransformerConfig
 
 
-class SETValue(nn.Module):
+class SETValue(FixedStructure, nn.Module):
     """SET state value: flat obs (B, L*PER_LIMB) -> V (B, 1), mean of per-limb values of the
     invariant features over real limbs (invariant under rotations about gravity)."""
 
@@ -38,7 +39,7 @@ class SETValue(nn.Module):
         return masked_mean(self.head(out["h"]), out["mask"])
 
 
-class TransformerValue(nn.Module):
+class TransformerValue(FixedStructure, nn.Module):
     """Limb-transformer state value: flat obs -> V (B, 1), mean of per-limb values."""
 
     def __init__(self, layout: ObsLayout, cfg: TransformerConfig | None = None) -> None:
@@ -53,7 +54,7 @@ class TransformerValue(nn.Module):
         return masked_mean(self.head(out["h"]), out["mask"])
 
 
-class MLPValue(nn.Module):
+class MLPValue(FixedStructure, nn.Module):
     """MLP state value: flat obs (B, flat) -> V (B, 1)."""
 
     def __init__(self, layout: ObsLayout, cfg: MLPConfig | None = None) -> None:

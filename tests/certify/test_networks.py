@@ -22,7 +22,7 @@ from torch import nn
 from certify import compute_bounds
 from certify.policy import ConcatCritic, as_actor_module
 from envs.layout import ObsLayout
-from saferl.policies import build_actor, build_critic
+from saferl.policies import build_actor, build_critic, build_value
 from saferl.policies.sb3 import CriticAdapter
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
@@ -110,13 +110,19 @@ def _critic(kind: str, config, limbs: int = 4):
     return CriticAdapter(build_critic(kind, *spaces_for(limbs), config, device="cpu")).eval()
 
 
+def _value(kind: str, config, limbs: int = 4):
+    torch.manual_seed(2)
+    return build_value(kind, spaces_for(limbs)[0], config, device="cpu").eval()
+
+
 @pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
 def test_fixed_structure_forms_equal_the_networks(kind: str) -> None:
     actor, critic = _actor(kind, SMALL[kind], 5), _critic(kind, SMALL[kind], 5)
+    value = _value(kind, SMALL[kind], 5)
     obs = scene(5, [2, 5, 3, 5, 1], seed=3)
     z = torch.cat([obs, torch.rand(5, 15) * 2 - 1], 1)
     with torch.no_grad():
-        for net, x in ((actor, obs), (critic, z)):
+        for net, x in ((actor, obs), (critic, z), (value, obs)):
             groups = net.certify_structure(x, x)
             assert sorted(torch.cat([r for r, _ in groups]).tolist()) == list(range(5))
             for rows, module in groups:
@@ -132,6 +138,15 @@ def test_small_actors_sound(kind: str) -> None:
     result = violations(batched(actor), actor, obs - eps, obs + eps, gen)
     assert_sound(result)
     assert result["crown"][1] < 0.5  # informative, where IBP through attention is not
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+def test_small_state_values_sound(kind: str) -> None:
+    """PPO's V(s) of every kind."""
+    value = _value(kind, SMALL[kind])
+    obs = scene(4, [4, 2])
+    gen = torch.Generator().manual_seed(3)
+    assert_sound(violations(batched(value), value, obs - 1e-3, obs + 1e-3, gen))
 
 
 @pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
@@ -438,3 +453,31 @@ def test_structure_protocol_groups_are_checked() -> None:
     not_module = _Grouped(lambda lo: [(torch.arange(3), lambda z: z)])
     with pytest.raises(TypeError, match="not an nn.Module"):
         compute_bounds(not_module, x, 0.1, method="ibp")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_new_relaxations_on_a_dense_grid(dtype) -> None:
+    """Every line of the new element-wise relaxations bounds the function on a dense grid of
+    [l, u] (kinks, extrema and endpoints included)."""
+    from certify.bounds.pointwise import Abs, Clamp, ConstMaxMin, Cos, Log, Sin
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(400, generator=gen, dtype=dtype) * 3
+    w = torch.rand(400, generator=gen, dtype=dtype) * torch.tensor([0.0, 0.01, 1, 8])[
+        torch.randint(0, 4, (400,), generator=gen)
+    ].to(dtype)
+    lo, hi = a - w, a + w
+    c = torch.randn(400, generator=gen, dtype=dtype)
+    ops = [Abs(), Clamp(-0.3, 0.5), Clamp(0.1, None), ConstMaxMin(c, True), Sin(), Cos()]
+    cases = [(op, lo, hi) for op in ops] + [(ConstMaxMin(c, False), lo, hi)]
+    cases.append((Log(), lo.abs() + 0.05, lo.abs() + 0.05 + 2 * w))
+    for op, l, u in cases:
+        ls, lb, us, ub = op.relaxation((l, u))
+        lb = torch.zeros_like(l) if lb is None else lb
+        z = l.unsqueeze(0) + (u - l).unsqueeze(0) * torch.linspace(0, 1, 2001, dtype=dtype)[:, None]
+        fz = op.forward(z) if not isinstance(op, ConstMaxMin) else op.fn(z)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        assert bool((ls * z + lb <= fz + tol * (1 + fz.abs())).all()), type(op).__name__
+        assert bool((fz <= us * z + ub + tol * (1 + fz.abs())).all()), type(op).__name__
+        i_lo, i_hi = op.ibp((l, u))
+        assert bool((i_lo <= fz.amin(0) + tol).all() and (fz.amax(0) <= i_hi + tol).all())
