@@ -187,6 +187,7 @@ def certify_states(
     seed: int = 0,
     progress: bool = False,
     stepwise: bool = False,
+    check_samples: int = 0,
 ) -> dict[str, Any]:
     """Certify ``run``'s policy on ``obs`` (n, obs_dim) at radius ``eps``: the summary dict
     (deviation mean/max, fraction within ``delta``, seconds per 1,000 states; FISOR: fractions
@@ -194,40 +195,33 @@ def certify_states(
     feasible fraction and the mean number of surviving candidates). FISOR's sampler noise is
     drawn as its sampler draws it, from a generator seeded with ``seed``; ``stepwise`` bounds
     its chain one reverse step at a time (:func:`certify.diffusion.candidate_bounds`: looser,
-    several times faster with CROWN)."""
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    if not (math.isfinite(delta) and delta >= 0):
-        raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
-    if method not in certify.METHODS:
-        raise ValueError(f"method must be one of {certify.METHODS}, got {method!r}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    x = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=run.device)
-    if x.dim() != 2 or x.shape[1] != run.obs_dim or x.shape[0] == 0:
-        raise ValueError(f"states must have shape (n >= 1, {run.obs_dim}), got {tuple(x.shape)}")
+    several times faster with CROWN). ``check_samples`` > 0: that many observations per state
+    (corners and uniform points of the ball) are run through the policy (FISOR: with the same
+    noise) and the actions outside the bounds counted (``sampled_violations``: 0 for sound
+    bounds; the time is not counted in ``seconds``)."""
+    x = _check_inputs(run, obs, eps, method, delta, batch)
     parts: dict[str, list[torch.Tensor]] = {}
     start = time.perf_counter()
     if run.kind == "fisor":
-        from saferl.offline.fisor_certify import diffusion_chain, sampler_noise, selection_critic
+        from saferl.offline.fisor_certify import diffusion_chain, selection_critic
 
         chain, critic = diffusion_chain(run.agent), selection_critic(run.agent)
         gen = torch.Generator(device=run.device).manual_seed(seed)
     chunks = list(torch.split(x, batch))
+    checked = 0.0
     for chunk in tqdm(chunks, disable=not progress, desc=f"certify {method} eps={eps:g}"):
         if run.kind == "fisor":
-            noise = sampler_noise(chain, chunk.shape[0], gen, run.device)
-            cert = certify.certify_diffusion_policy(chain, critic, chunk, eps, noise, method,
-                                                    steps=stepwise)  # fmt: skip
-            rows = {"deviation": cert.deviation, "feasible": cert.certified,
-                    "feasible_set": cert.certified_set,
-                    "feasible_nominal": cert.score <= 0,
-                    "surviving": cert.surviving.sum(1).float()}  # fmt: skip
+            rows, bounds, policy = _fisor_chunk(chain, critic, chunk, eps, method, gen, stepwise)
         else:
-            rows = {"deviation": certify.certified_deviation(run.actor, chunk, eps, method)}
+            rows, bounds, policy = _actor_chunk(run.actor, chunk, eps, method)
+        if check_samples:
+            start_check = time.perf_counter()
+            rows["violations"] = sampled_violations(policy, chunk, eps, bounds, check_samples,
+                                                    seed)  # fmt: skip
+            checked += time.perf_counter() - start_check
         for key, value in rows.items():
             parts.setdefault(key, []).append(value.detach().float().cpu())
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - checked
     res = {k: torch.cat(v) for k, v in parts.items()}
     dev = res["deviation"]
     summary = {
@@ -244,6 +238,9 @@ def certify_states(
         "seconds": seconds,
         "seconds_per_1000_states": 1000 * seconds / x.shape[0],
     }
+    if check_samples:
+        summary["samples_checked"] = int(x.shape[0]) * check_samples
+        summary["sampled_violations"] = int(res["violations"].sum())
     if run.kind == "fisor":
         summary.update({
             "candidates": run.agent.config.num_candidates,
@@ -255,6 +252,65 @@ def certify_states(
             "surviving_candidates_mean": float(res["surviving"].mean()),
         })  # fmt: skip
     return summary
+
+
+def _check_inputs(run: Run, obs, eps: float, method: str, delta: float, batch: int):
+    """The states as a tensor on the run's device; ValueError naming a bad argument."""
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if not (math.isfinite(delta) and delta >= 0):
+        raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+    if method not in certify.METHODS:
+        raise ValueError(f"method must be one of {certify.METHODS}, got {method!r}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    x = obs if isinstance(obs, torch.Tensor) else np.asarray(obs)
+    x = torch.as_tensor(x, dtype=torch.float32, device=run.device)
+    if x.dim() != 2 or x.shape[1] != run.obs_dim or x.shape[0] == 0:
+        raise ValueError(f"states must have shape (n >= 1, {run.obs_dim}), got {tuple(x.shape)}")
+    return x
+
+
+def _fisor_chunk(chain, critic, obs, eps, method, gen, stepwise):
+    """FISOR's certificate on a chunk: (per-state figures, action bounds, the policy with this
+    chunk's noise)."""
+    from saferl.offline.fisor_certify import sampler_noise
+
+    noise = sampler_noise(chain, obs.shape[0], gen, obs.device)
+    cert = certify.certify_diffusion_policy(chain, critic, obs, eps, noise, method,
+                                            steps=stepwise)  # fmt: skip
+    rows = {"deviation": cert.deviation, "feasible": cert.certified,
+            "feasible_set": cert.certified_set, "feasible_nominal": cert.score <= 0,
+            "surviving": cert.surviving.sum(1).float()}  # fmt: skip
+
+    def policy(o: torch.Tensor) -> torch.Tensor:
+        return certify.diffusion.select_action(chain, critic, o, noise)[0]
+
+    return rows, (cert.action_lower, cert.action_upper), policy
+
+
+def _actor_chunk(actor, obs, eps, method):
+    """A deterministic actor's bounds on a chunk: (deviation, bounds, the actor)."""
+    lo, hi = certify.action_bounds(actor, obs, eps, method)
+    with torch.no_grad():
+        nominal = actor(obs)
+    return {"deviation": torch.maximum(hi - nominal, nominal - lo).amax(-1)}, (lo, hi), actor
+
+
+@torch.no_grad()
+def sampled_violations(policy, obs: torch.Tensor, eps: float, bounds, k: int,
+                       seed: int) -> torch.Tensor:  # fmt: skip
+    """(B,) number of ``k`` observations per state (half random corners of the ball, half
+    uniform) whose action ``policy(obs')`` leaves ``bounds`` (beyond 1e-5 of rounding)."""
+    g = torch.Generator(device=obs.device).manual_seed(seed)
+    lo, hi = bounds
+    count = torch.zeros(obs.shape[0], device=obs.device)
+    for i in range(k):
+        u = torch.rand(obs.shape, generator=g, device=obs.device) * 2 - 1
+        d = eps * (u.sign() if i % 2 == 0 else u)
+        a = policy(obs + d)
+        count += ((a < lo - 1e-5) | (a > hi + 1e-5)).any(-1).float()
+    return count
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -278,5 +334,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"{100 * s['fraction_feasible_nominal']:.1f}%); "
             f"{s['surviving_candidates_mean']:.2f} candidates may be chosen on average"
         )
+    if "samples_checked" in s:
+        lines.append(f"  soundness check: {s['sampled_violations']} of {s['samples_checked']} "
+                     "sampled perturbed observations gave an action outside the "
+                     "bounds")  # fmt: skip
     lines.append(f"  {s['seconds']:.2f} s ({s['seconds_per_1000_states']:.2f} s per 1,000 states)")
     return lines

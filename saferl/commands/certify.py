@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stepwise", action="store_true",
                    help="FISOR: bound the diffusion chain one reverse step at a time (looser, "
                         "several times faster with crown)")  # fmt: skip
+    p.add_argument("--check-samples", type=c.non_negative_int, default=0,
+                   help="also run this many perturbed observations per state through the "
+                        "policy and count actions outside the bounds (0: no check)")  # fmt: skip
     p.add_argument("--batch", type=c.positive_int, default=64,
                    help="states per bound computation")  # fmt: skip
     p.add_argument("--seed", type=int, default=0,
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             source = "fresh rollouts"
         summary = certify_states(run_, states, args.eps, args.method, args.delta,
                                  batch=args.batch, seed=args.seed, progress=True,
-                                 stepwise=args.stepwise)  # fmt: skip
+                                 stepwise=args.stepwise,
+                                 check_samples=args.check_samples)  # fmt: skip
     summary["source"] = source
     summary["device"] = device
     print("\n".join(summary_lines(summary)))

@@ -53,7 +53,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def test_certify_fisor_run_prints_and_writes_feasibility(capsys, runs, tmp_path):
     out = tmp_path / "c.json"
     code, text, err = run(capsys, "certify", runs["fisor"], "--method", "ibp", "--states", "6",
-                          "--eps", "0.001", "--out", out)  # fmt: skip
+                          "--eps", "0.001", "--out", out, "--check-samples", "4")  # fmt: skip
     assert code == 0, err
     res = json.loads(out.read_text())
     assert res["kind"] == "fisor" and res["states"] == 6 and res["candidates"] == 16
@@ -64,6 +64,7 @@ def test_certify_fisor_run_prints_and_writes_feasibility(capsys, runs, tmp_path)
     assert res["fraction_feasible_set"] <= res["fraction_feasible"]
     assert 0.0 <= res["deviation_mean"] <= res["deviation_max"] <= 2.0
     assert "feasibility" in text and "certified action deviation" in text
+    assert res["samples_checked"] == 24 and res["sampled_violations"] == 0
     # zero radius: the bounds collapse onto the nominal action and its Q_h
     code, _, err = run(capsys, "certify", runs["fisor"], "--method", "ibp", "--states", "6",
                        "--eps", "0", "--out", out)  # fmt: skip
@@ -77,11 +78,12 @@ def test_certify_fisor_run_prints_and_writes_feasibility(capsys, runs, tmp_path)
 def test_certify_online_run_from_fresh_rollouts(capsys, runs):
     figures = {}
     for method in ("ibp", "crown"):
-        code, text, err = run(capsys, "certify", runs["online"], "--method", method,
-                              "--states", "12", "--eps", "0.01")  # fmt: skip
+        code, text, err = run(capsys, "certify", runs["online"], "--method", method, "--states",
+                              "12", "--eps", "0.01", "--check-samples", "8")  # fmt: skip
         assert code == 0, err
         figures[method] = json.loads((runs["online"] / "certify.json").read_text())
         assert "fresh rollouts" in text
+        assert figures[method]["sampled_violations"] == 0
     assert figures["crown"]["kind"] == "online" and figures["crown"]["policy"] == "mlp"
     assert figures["crown"]["states"] == 12
     assert figures["crown"]["deviation_mean"] <= figures["ibp"]["deviation_mean"] + 1e-6

@@ -15,5 +15,7 @@ def test_certify_policies_quick(experiment, tmp_path, capsys) -> None:
     for policy in ("mlp", "fisor"):  # CROWN no looser than IBP on the same states
         assert rows[policy, "crown"]["deviation_max"] <= rows[policy, "ibp"]["deviation_max"]
     assert 0.0 <= rows["fisor", "crown"]["fraction_feasible"] <= 1.0
+    for row in res["rows"]:  # sampled perturbed observations stay inside the bounds
+        assert row["samples_checked"] > 0 and row["sampled_violations"] == 0
     assert "| fisor |" in out and "| mlp |" in out
     assert (tmp_path / "certify_policies_quick.md").read_text().startswith("| policy |")
