@@ -192,8 +192,15 @@ def test_reference_actors_sound_crown(kind: str) -> None:
 
 def test_structure_crossing_a_threshold_raises() -> None:
     actor = _actor("set", SMALL["set"])
+    obs = scene(4, [3])
     with pytest.raises(ValueError, match="limb structure"):
-        compute_bounds(actor, scene(4, [3]), 0.6, method="ibp")
+        compute_bounds(actor, obs, 0.6, method="ibp")
+    eps = torch.full_like(obs, 0.6)
+    eps[:, ObsLayout(4).bounds()[2] :] = 0.0  # mask and parents exact: any eps elsewhere
+    lo, hi = compute_bounds(actor, obs, eps, method="ibp")
+    assert bool(((lo <= actor(obs)) & (actor(obs) <= hi)).all())
+    with pytest.raises(ValueError, match=r"SETActor bounds observations of shape \(B, 208\)"):
+        compute_bounds(actor, torch.zeros(1, 260), 0.1, method="ibp")
 
 
 def test_sb3_limb_actors_are_their_policy_nets() -> None:
