@@ -21,8 +21,11 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def get_graph(model: nn.Module, x: Tensor) -> Graph:
-    """Trace ``model`` once (cached per module and structure) and infer shapes for ``x``."""
-    key = tuple(id(m) for m in model.modules())
+    """Trace ``model`` once (cached per module, structure and weights) and infer shapes for
+    ``x``. Tracing folds what is computed from parameters into constants, so the cache is keyed
+    on every parameter's and buffer's storage and version counter too: an in-place update (an
+    optimiser step, ``load_state_dict``) retraces."""
+    key = (tuple(id(m) for m in model.modules()), _weights_key(model))
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key and hit[2] == (tuple(x.shape[1:]), x.dtype):
         return hit[1]
@@ -31,6 +34,15 @@ def get_graph(model: nn.Module, x: Tensor) -> Graph:
         graph.infer_shapes(x[:1])
     _CACHE[model] = (key, graph, (tuple(x.shape[1:]), x.dtype))
     return graph
+
+
+def _weights_key(model: nn.Module) -> tuple | object:
+    """Storage and version counter of every parameter and buffer (a fresh object, equal to
+    nothing, where a tensor has no version counter: inference-mode tensors)."""
+    try:
+        return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+    except RuntimeError:
+        return object()
 
 
 def _as_tensor(v, x: Tensor, what: str) -> Tensor:

@@ -488,3 +488,28 @@ def test_new_relaxations_on_a_dense_grid(dtype) -> None:
         assert bool((fz <= us * z + ub + tol * (1 + fz.abs())).all()), type(op).__name__
         i_lo, i_hi = op.ibp((l, u))
         assert bool((i_lo <= fz.amin(0) + tol).all() and (fz.amax(0) <= i_hi + tol).all())
+
+
+def test_bounds_follow_in_place_weight_updates() -> None:
+    """A traced graph folds what is computed from parameters (here 2 W, the limb nets' hop
+    bias): an optimiser step must not leave bounds of the old weights behind."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ (2 * self.w).t()
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    for net in (Scaled(), _actor("set", SMALL["set"])):
+        obs = x if isinstance(net, Scaled) else scene(4, [3, 4])
+        compute_bounds(net, obs, 0.0, method="crown")
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        net(obs).square().sum().backward()
+        opt.step()
+        with torch.no_grad():
+            lo, hi = compute_bounds(net, obs, 0.0, method="crown")
+            torch.testing.assert_close(lo, net(obs), atol=1e-5, rtol=1e-5)
