@@ -17,8 +17,9 @@ structure, on the same (B, flat_dim) observations (actors and state values; crit
 * the act mask (torso and padding rows) a constant factor; mask and parent entries of the
   observation enter nowhere else, so they are inputs the bounds do not depend on.
 
-The modules share the nets' parameters (no copies); they are built per call, so they always
-see the current weights. Tests hold them equal to the nets.
+The modules share the nets' parameters (no copies) and are kept per structure on the net, so
+the engine's traced graph is reused (it retraces when a weight changes). Tests hold them equal to
+the nets.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class Structure:
     @property
     def n(self) -> int:
         return int(self.real.numel())
+
+    @property
+    def key(self) -> tuple:
+        """Hashable identity of the structure (its real limbs and parents)."""
+        return (self.layout.max_limbs, tuple(self.real.tolist()), tuple(self.parents.tolist()))
 
     def hops(self, max_hops: int) -> Tensor:
         dist = hop_distances(self.parents.unsqueeze(0), max_hops)[0]
@@ -429,5 +435,22 @@ def fixed_groups(net: nn.Module, lo: Tensor, hi: Tensor) -> GroupList:
         raise ValueError(
             f"{type(net).__name__} bounds {what} of shape (B, {width}), got {tuple(lo.shape)}"
         )
-    fixed = _fixed_class(net)
-    return [(rows, fixed(net, s)) for rows, s in structures(lo, hi, layout)]
+    return [(rows, _form(net, s)) for rows, s in structures(lo, hi, layout)]
+
+
+_FORMS = "_certify_forms"
+_MAX_FORMS = 64
+
+
+def _form(net: nn.Module, s: Structure) -> nn.Module:
+    """The fixed-structure module of ``net`` for ``s``, kept on the net (a plain dict, not a
+    submodule: state dicts are unchanged) so that the bound engine's traced graph is reused;
+    the engine retraces when a weight changes. Keyed by dtype and device too (``net.to``)."""
+    cache: dict = net.__dict__.setdefault(_FORMS, {})
+    p = next(net.parameters())
+    key = (s.key, p.dtype, p.device)
+    if key not in cache:
+        if len(cache) >= _MAX_FORMS:
+            cache.pop(next(iter(cache)))
+        cache[key] = _fixed_class(net)(net, s)
+    return cache[key]
