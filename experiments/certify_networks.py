@@ -4,8 +4,9 @@ Per network (SET, limb-transformer and MLP actors and critics at small and refer
 FISOR's fused Q ensemble and noise network; BC and BCQ-Lag actors; SB3's TD3 and SAC actors):
 mean bound width of each method, the CROWN/IBP width ratio, soundness counts (sampled points
 of the input box, uniform and corners, and PGD points trying to leave the bounds: violations per
-method) and CPU time per 1,000 states (one call on 32 states, tracing included, scaled; SET at
-reference size under CROWN: on its one state). Untrained networks at their initialisation;
+method) and CPU time per 1,000 states (one call on 32 states, scaled, after the calls of the
+soundness check: limb nets reuse their traced graphs, the offline ones retrace; SET at reference
+size under CROWN: on its one state). Untrained networks at their initialisation;
 limb observations are random chains (structure entries exact). Prints the table, writes
 experiments/results/certify_networks.json.
 
@@ -181,7 +182,7 @@ def rows_fn(fn) -> Callable[[Tensor], Tensor]:
 
 def seconds_per_1000(case: Case, method: str, states: int) -> float:
     """CPU time of one ``compute_bounds`` call on ``states`` states (the case's, repeated),
-    tracing included, per 1,000 states."""
+    per 1,000 states."""
     k = math.ceil(states / case.lo.shape[0])
     lo, hi = case.lo.repeat(k, 1)[:states], case.hi.repeat(k, 1)[:states]
     t0 = time.process_time()
