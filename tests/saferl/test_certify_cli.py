@@ -47,7 +47,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     assert main(["train-offline", "fisor", str(root / "tiny.hdf5"), "--out", str(root / "fisor"),
                  "--steps", "2", "--episodes", "0", "--device", "cpu"]) == 0  # fmt: skip
     assert main(["train-online", *TINY_ONLINE, "--out", str(root / "online")]) == 0
-    return {"data": root / "tiny.hdf5", "fisor": root / "fisor", "online": root / "online"}
+    assert main(["train-offline", "bc_all", str(root / "tiny.hdf5"), "--out", str(root / "bc"),
+                 "--steps", "3", "--episodes", "0", "--device", "cpu"]) == 0  # fmt: skip
+    return {"data": root / "tiny.hdf5", "fisor": root / "fisor", "online": root / "online",
+            "bc": root / "bc"}  # fmt: skip
 
 
 def test_certify_fisor_run_prints_and_writes_feasibility(capsys, runs, tmp_path):
@@ -88,6 +91,16 @@ def test_certify_online_run_from_fresh_rollouts(capsys, runs):
     assert figures["crown"]["states"] == 12
     assert figures["crown"]["deviation_mean"] <= figures["ibp"]["deviation_mean"] + 1e-6
     assert "fraction_feasible" not in figures["crown"]
+
+
+def test_certify_bc_run_on_its_dataset(capsys, runs, tmp_path):
+    out = tmp_path / "bc.json"
+    code, text, err = run(capsys, "certify", runs["bc"], "--states", "10", "--eps", "0.01",
+                          "--check-samples", "8", "--out", out)  # fmt: skip
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert res["kind"] == "bc" and res["states"] == 10 and res["sampled_violations"] == 0
+    assert "dataset" in res["source"] and 0.0 <= res["deviation_mean"] <= 2.0
 
 
 @pytest.mark.parametrize(
