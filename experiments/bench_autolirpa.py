@@ -182,25 +182,27 @@ def bench_model(name, model, x, eps, repeats, al, methods) -> list[dict]:
     return rows
 
 
-def set_actor(batch: int, seed: int):
-    """The SET actor and states for it, or a reason why not."""
+def set_actor(batch: int, seed: int, limbs: int = 4):
+    """The SET actor (default config) for ``limbs`` limbs and states with every limb real, or
+    a reason why not."""
     try:
-        import gymnasium as gym
+        import numpy as np
+        from gymnasium import spaces
 
-        import envs  # noqa: F401
+        from envs.layout import ObsLayout
         from saferl.policies import build_actor
-    except Exception as err:
-        return None, f"SET actor unavailable: {err}"
-    try:
-        env = gym.make("Hopper3D-v0") if "Hopper3D-v0" in gym.registry else None
-        if env is None:
-            return None, "no Hopper3D-v0 env registered"
+
+        layout = ObsLayout(limbs)
+        obs = spaces.Box(-np.inf, np.inf, (layout.flat_dim,), np.float32)
+        act = spaces.Box(-1.0, 1.0, (layout.action_dim,), np.float32)
         torch.manual_seed(seed)
-        actor = build_actor("set", env.observation_space, env.action_space, device="cpu").eval()
-        x = torch.randn(batch, env.observation_space.shape[0])
-        env.close()
+        actor = build_actor("set", obs, act, device="cpu").eval()
+        x = 0.5 * torch.randn(batch, layout.flat_dim)
+        _, _, s1, m1, _ = layout.bounds()  # limb mask and parent indices: a 4-limb chain
+        x[:, s1:m1] = 1.0
+        x[:, m1:] = torch.arange(limbs) - 1.0
         return (actor, x), ""
-    except Exception as err:
+    except Exception as err:  # optional part: report why it is skipped
         return None, f"SET actor not built: {type(err).__name__}: {err}"
 
 
@@ -213,21 +215,19 @@ def bench_set(batch, eps, repeats, al, seed) -> tuple[list[dict], str]:
     methods = []
     for method in ("ibp", "crown"):
         try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                bm = al.BoundedModule(actor, x[:1])
+                ptb = al.PerturbationLpNorm(norm=float("inf"), eps=eps)
+                bm.compute_bounds(x=(al.BoundedTensor(x[:2], ptb),), method=METHODS[method])
+        except Exception as err:
+            why = f"{type(err).__name__}: {err}".splitlines()[0]
+            return [], f"auto_LiRPA cannot bound the SET actor ({method}): {why}"
+        try:
             with torch.no_grad():
                 compute_bounds(actor, x[:2], eps, method=method)
         except Exception as err:
             return [], f"our engine cannot bound the SET actor ({method}): {err}"
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                bm = al.BoundedModule(actor, torch.zeros_like(x[:1]))
-                ptb = al.PerturbationLpNorm(norm=float("inf"), eps=eps)
-                bm.compute_bounds(x=(al.BoundedTensor(x[:2], ptb),), method=METHODS[method])
-        except Exception as err:
-            return (
-                [],
-                f"auto_LiRPA cannot bound the SET actor ({method}): {type(err).__name__}: {err}",
-            )
         methods.append(method)
     return bench_model("SET actor", actor, x, eps, repeats, al, methods), ""
 
