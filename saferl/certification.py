@@ -189,7 +189,8 @@ def certify_states(
     stepwise: bool = False,
     check_samples: int = 0,
 ) -> dict[str, Any]:
-    """Certify ``run``'s policy on ``obs`` (n, obs_dim) at radius ``eps``: the summary dict
+    """Certify ``run``'s policy on ``obs`` (n, obs_dim) at radius ``eps``, ``batch`` states per
+    bound computation (FISOR: ``batch // N`` states, each ``N`` candidate rows): the summary dict
     (deviation mean/max, fraction within ``delta``, seconds per 1,000 states; FISOR: fractions
     certified feasible, of the chosen action and of the whole certified set, the nominal
     feasible fraction and the mean number of surviving candidates). FISOR's sampler noise is
@@ -207,9 +208,11 @@ def certify_states(
 
         chain, critic = diffusion_chain(run.agent), selection_critic(run.agent)
         gen = torch.Generator(device=run.device).manual_seed(seed)
-    chunks = list(torch.split(x, batch))
+        batch = max(1, batch // run.agent.config.num_candidates)  # ~batch candidate rows
     checked = 0.0
-    for chunk in tqdm(chunks, disable=not progress, desc=f"certify {method} eps={eps:g}"):
+    bar = tqdm(total=x.shape[0], disable=not progress, unit="state",
+               desc=f"certify {method} eps={eps:g}")  # fmt: skip
+    for chunk in torch.split(x, batch):
         if run.kind == "fisor":
             rows, bounds, policy = _fisor_chunk(chain, critic, chunk, eps, method, gen, stepwise)
         else:
@@ -221,6 +224,8 @@ def certify_states(
             checked += time.perf_counter() - start_check
         for key, value in rows.items():
             parts.setdefault(key, []).append(value.detach().float().cpu())
+        bar.update(chunk.shape[0])
+    bar.close()
     seconds = time.perf_counter() - start - checked
     res = {k: torch.cat(v) for k, v in parts.items()}
     dev = res["deviation"]
