@@ -53,7 +53,7 @@ def clip(x: Tensor, r: float) -> Tensor:
 @dataclass(frozen=True)
 class DDPMSteps:
     """Per reverse step ``k`` (timestep ``t = timesteps[k]``, previous ``t'``; DDPM Eq. 6–7,
-    15, with ``ᾱ_{t'} = 1`` after the last step), shapes ``(K,)`` float64:
+    15, with ``ᾱ_{t'} = 1`` after the last step), tuples of ``K`` Python floats (float64):
 
     * ``x0_scale = 1/√ᾱ_t``, ``x0_eps = √(1 − ᾱ_t)/√ᾱ_t``: ``x̂₀ = x0_scale·a_t − x0_eps·ε``;
     * ``mean_x0 = √ᾱ_{t'} β_t/(1 − ᾱ_t)``, ``mean_xt = √α_t (1 − ᾱ_{t'})/(1 − ᾱ_t)`` with
@@ -361,9 +361,11 @@ def candidate_bounds(
 
     ``steps=False``: one call of :func:`certify.compute_bounds` on the whole unrolled chain (the
     dependence of every step on ``s`` and on the earlier steps is kept: tightest with CROWN,
-    but its cost grows with the square of the depth). ``steps=True``: one call per reverse
-    step, each over the box of ``(s, a_t)`` the previous step left (a box composition: looser,
-    the ``T`` shallow problems far cheaper with CROWN). Both are sound.
+    Zhang et al. NeurIPS 2018, whose intermediate bounds make its cost grow with the square of
+    the depth; IBP, Gowal et al. 2018, is vacuous through deep LayerNorm nets).
+    ``steps=True``: one call per reverse step, each over the box of ``(s, a_t)`` the previous
+    step left (a box composition: looser, the ``T`` shallow problems far cheaper with CROWN).
+    Both are sound.
     """
     B, (_, N, A) = obs.shape[0], chain.noise_shape
     r_lo, r_hi = chain.input_box(obs, eps, noise, x_min, x_max)  # (B·N, S + T·A)
