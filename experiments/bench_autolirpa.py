@@ -269,14 +269,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _loads(v) -> str:
+    return "/".join(f"{x:.1f}" for x in v) if v else "?"
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     head = [
         "# Bound engine vs auto_LiRPA (CPU)",
         "",
         f"Written by `experiments/bench_autolirpa.py` on {result['date']}. Machine: {m['cpu']}, "
-        f"{m['cores']} cores, **shared** (other training runs held the cores; load average "
-        f"{', '.join(f'{v:.1f}' for v in m['load_average'] or [])} at the start), "
+        f"{m['cores']} cores, shared with other jobs (1/5/15-min load average "
+        f"{_loads(m.get('load_average'))} at the start, {_loads(result.get('load_end'))} at "
+        "the end), "
         f"{result['threads']} torch thread. Python {m['python']}, torch {m['torch']}, auto_LiRPA "
         f"{result['auto_lirpa_version']} (source release). eps = {result['eps']} (l_inf), states "
         f"~ N(0, 1), PyTorch default init (seed {result['seed']}), no autograd. CPU time of the "
@@ -376,6 +381,7 @@ def run(args, al, nets, batch, repeats, methods) -> int:
         if why:
             print(f"SET actor skipped: {why}")
             result["set_skipped"] = why
+    result["load_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print(table(result["rows"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
