@@ -36,19 +36,24 @@ Lines = tuple[Tensor, Tensor | None, Tensor, Tensor]
 
 def elementwise_backward(A: Tensor, rel: Lines) -> BackwardStep:
     """CROWN step through ``ls z + lb <= f(z) <= us z + ub`` (relaxation tensors (B, *s), A
-    (B, R, *s)): ``A' = A ls + min(A, 0) (us - ls)``, bias ``max(A, 0) lb + min(A, 0) ub``."""
+    (B, R, *s)): ``A' = A ls + min(A, 0) (us - ls)``, bias ``max(A, 0) lb + min(A, 0) ub``.
+
+    Relaxations with one slope for both lines (``us is ls``: the chord-slope lines of SiLU,
+    Mish, GELU) give ``A' = A ls`` whatever the signs. Products and sums, not batched
+    matrix-vector products (slow kernels on CPU); in-place updates where a buffer is ours."""
     ls, lb, us, ub = rel
     shape = A.shape
     B = shape[0]
     A3 = A.reshape(B, shape[1], -1)
-    ls, us = ls.reshape(B, 1, -1), us.reshape(B, 1, -1)
     neg = A3.clamp(max=0)
-    # products and sums, not batched matrix-vector products (slow kernels on CPU)
-    const = (neg * ub.reshape(B, 1, -1)).sum(-1)
+    bias = neg * ub.reshape(B, 1, -1)
     if lb is not None:
-        const = const + ((A3 - neg) * lb.reshape(B, 1, -1)).sum(-1)
-    out = A3 * ls
-    out.addcmul_(neg, us - ls)  # in place: one (B, R, n) buffer fewer (mul saves no output)
+        bias.addcmul_(A3.clamp(min=0), lb.reshape(B, 1, -1))
+    const = bias.sum(-1)
+    del bias
+    out = A3 * ls.reshape(B, 1, -1)
+    if us is not ls:
+        out.addcmul_(neg, (us - ls).reshape(B, 1, -1))  # in place: one (B, R, n) buffer fewer
     return [out.reshape(shape)], const
 
 

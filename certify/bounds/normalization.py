@@ -22,7 +22,6 @@ import torch
 from torch import Tensor, nn
 
 from certify.bounds.activations import Rsqrt, Square, elementwise_backward
-from certify.bounds.products import _mccormick
 from certify.bounds.protocol import BackwardStep, Call, Interval, Op, Relaxation, register
 
 
@@ -88,23 +87,37 @@ class LayerNormOp(Op):
         return (c_lo, r_lo, r_hi, *sq, *rs)
 
     def backward(self, A: Tensor, rel: Relaxation) -> BackwardStep:
-        c_lo, r_lo, r_hi = rel[:3]
+        """The composed step (module docstring) for A (B, R, ..., n). rho's bounds are one pair
+        per normalised vector, so McCormick's planes for ``c_i * rho`` and the square's step
+        (its coefficient ``coef_v / n`` is the same for every ``i`` of a vector, and so is its
+        sign) are products of (B, R, ..., 1) and (B, 1, ..., n) factors: a few passes over the
+        (B, R, ..., n) coefficients."""
+        c_lo, r_lo, r_hi = (t.unsqueeze(1) for t in rel[:3])
         sq, rs = rel[3:7], rel[7:11]
         bias = None
         if self.bias is not None:
             bias = (A * self.bias).flatten(2).sum(-1)
         An = A * self.weight if self.weight is not None else A
-        # n = c * rho (rho broadcast over the last dim): McCormick, lower bound of sum(An n)
-        coef_c, coef_r, b_mc = _mccormick(An, c_lo, r_lo, r_hi)
-        coef_r = coef_r.sum(-1, keepdim=True)
+        # n_i = c_i * rho, McCormick (lower bound of sum An n): a positive coefficient takes
+        # rho_lo c + c_lo rho - c_lo rho_lo, a negative one rho_hi c + c_lo rho - c_lo rho_hi
+        neg, pos = An.clamp(max=0), An.clamp(min=0)
+        del An
+        coef_c = pos * r_lo
+        coef_c.addcmul_(neg, r_hi)
+        p_x, n_x = (pos * c_lo).sum(-1, keepdim=True), (neg * c_lo).sum(-1, keepdim=True)
+        del pos, neg
+        coef_r = p_x + n_x  # (B, R, ..., 1)
+        b_mc = -(p_x * r_lo + n_x * r_hi).flatten(2).sum(-1)
         # rho = rsqrt(v)
         (coef_v,), b_rs = elementwise_backward(coef_r, rs)
-        # v = mean(c^2) + eps
+        # v = mean(c^2) + eps: every c_i^2 of a vector takes coef_v / n, one sign
         b_eps = coef_v.flatten(2).sum(-1) * self.eps
-        coef_s = (coef_v / self.n).expand_as(An)
-        (coef_c2,), b_sq = elementwise_backward(coef_s, sq)
-        coef_c = coef_c + coef_c2
+        coef_s = coef_v / self.n
+        s_pos, s_neg = coef_s.clamp(min=0), coef_s.clamp(max=0)
+        sq_ls, sq_lb, sq_us, sq_ub = (t.unsqueeze(1) for t in sq)
+        coef_c.addcmul_(s_pos, sq_ls).addcmul_(s_neg, sq_us)
+        b_sq = s_pos * sq_lb.sum(-1, keepdim=True) + s_neg * sq_ub.sum(-1, keepdim=True)
         # c = x - mean(x)
-        coef_x = coef_c - coef_c.mean(-1, keepdim=True)
-        total = b_mc + b_rs + b_eps + b_sq
+        coef_x = coef_c.sub_(coef_c.mean(-1, keepdim=True))
+        total = b_mc + b_rs + b_eps + b_sq.flatten(2).sum(-1)
         return [coef_x], total if bias is None else total + bias
