@@ -2,7 +2,14 @@
 for policies and critics. Pure torch on any ``nn.Module``; imports nothing from saferl or envs."""
 
 from certify.backends import auto_lirpa_available
-from certify.bounds import METHODS, CrownStats, compute_bounds, get_graph, trace
+from certify.bounds import (
+    METHODS,
+    CrownStats,
+    compute_bounds,
+    get_graph,
+    retain_freed_memory,
+    trace,
+)
 from certify.colep import COLEP, COLEPConfig, ProbabilisticCircuit, sensor_bounds_linf, sensor_probs
 from certify.colep import coverage_over_splits as colep_coverage_over_splits
 from certify.conformal import (
@@ -111,6 +118,7 @@ __all__ = [
     "kappa_at",
     "local_linearisation",
     "margin_spec",
+    "retain_freed_memory",
     "robust_classification_loss",
     "robust_regression_loss",
     "tightness",

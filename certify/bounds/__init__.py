@@ -4,6 +4,7 @@ over an open operator protocol (:mod:`certify.bounds.protocol`)."""
 from certify.bounds.crown import CrownStats
 from certify.bounds.engine import METHODS, compute_bounds, get_graph
 from certify.bounds.graph import Graph, trace
+from certify.bounds.heap import retain_freed_memory
 from certify.bounds.protocol import Call, Op, Var, register, registered_targets
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "get_graph",
     "register",
     "registered_targets",
+    "retain_freed_memory",
     "trace",
 ]
