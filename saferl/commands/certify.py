@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from saferl.commands import _checks as c
@@ -58,9 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from certify import retain_freed_memory
     from saferl.certification import (
         certify_states,
         dataset_states,
+        fisor_crown_seconds,
         load_run,
         recorded_dataset,
         rollout_states,
@@ -90,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
                          "gone)")  # fmt: skip
 
     # --- the work
+    if device == "cpu":  # this program owns the process: keep CROWN's freed buffers in it
+        retain_freed_memory()
     with torch_threads(args.threads), seeded(args.seed):
         if dataset is not None:
             with c.user_errors(f"--dataset {dataset!r}"):
@@ -98,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             states = rollout_states(run_, args.states, args.seed)
             source = "fresh rollouts"
+        if kind == "fisor" and args.method == "crown" and device == "cpu":
+            _warn_if_slow(fisor_crown_seconds(run_, len(states), args.stepwise), len(states),
+                          args.stepwise)  # fmt: skip
         summary = certify_states(run_, states, args.eps, args.method, args.delta,
                                  batch=args.batch, seed=args.seed, progress=True,
                                  stepwise=args.stepwise,
@@ -108,3 +116,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"  states from {source}; written to {out}")
     write_json(out, summary, indent=1)
     return 0
+
+
+def _warn_if_slow(seconds: float, states: int, stepwise: bool, limit: float = 600.0) -> None:
+    """One line on stderr when FISOR's CROWN certificate is expected to take over ``limit``
+    seconds (the estimate of :func:`saferl.certification.fisor_crown_seconds`)."""
+    if seconds <= limit:
+        return
+    faster = "fewer --states" if stepwise else "--stepwise (~5x faster, looser), fewer --states"
+    print(f"warning: FISOR with crown on {states} states may take ~{seconds / 60:.0f} min on one "
+          f"CPU thread; {faster} or --method ibp is quicker", file=sys.stderr)  # fmt: skip

@@ -78,6 +78,25 @@ def test_certify_fisor_run_prints_and_writes_feasibility(capsys, runs, tmp_path)
     assert res["surviving_candidates_mean"] < 16
 
 
+def test_certify_fisor_crown_warns_when_expected_slow(capsys, runs, tmp_path, monkeypatch):
+    """One warning line on stderr, before the work, when FISOR's CROWN certificate is expected
+    to be slow (here: pretending a state costs ~3 h); none for IBP; the run still completes."""
+    import saferl.certification as sc
+
+    monkeypatch.setitem(sc.FISOR_CROWN_SECONDS, True, 1e4)
+    out = tmp_path / "c.json"
+    common = ["--stepwise", "--states", "1", "--eps", "0.001", "--out", out, "--device", "cpu"]
+    code, _, err = run(capsys, "certify", runs["fisor"], "--method", "ibp", *common)
+    assert code == 0, err
+    assert "warning" not in err
+    code, _, err = run(capsys, "certify", runs["fisor"], "--method", "crown", *common)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "crown" in warnings[0], err
+    res = json.loads(out.read_text())
+    assert res["method"] == "crown" and res["stepwise"] and res["states"] == 1
+
+
 def test_certify_online_run_from_fresh_rollouts(capsys, runs):
     figures = {}
     for method in ("ibp", "crown"):
