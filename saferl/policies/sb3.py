@@ -40,11 +40,16 @@ from saferl.policies.value import build_value
 
 class ClippedAdam(torch.optim.Adam):
     """Adam that clips the global gradient norm of its parameters before each step
-    (3D-SGRL's TD3 clips at 0.1). Pass as ``optimizer_class`` with ``max_grad_norm``."""
+    (3D-SGRL's TD3 clips at 0.1). Pass as ``optimizer_class`` with ``max_grad_norm``.
+
+    Uses torch's multi-tensor (``foreach``) Adam on every device unless ``foreach`` is given:
+    the same update as the per-tensor loop torch picks on CPUs, in a handful of kernels instead
+    of about six per parameter tensor (a SET critic has 84)."""
 
     def __init__(self, params: Any, lr: float = 1e-3, max_grad_norm: float = 0.1, **kw: Any):
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+        kw.setdefault("foreach", True)
         super().__init__(params, lr=lr, **kw)
         self.defaults["max_grad_norm"] = float(max_grad_norm)  # kept by pickle and deepcopy
 

@@ -133,3 +133,25 @@ def test_clipped_adam_clips_and_survives_copy() -> None:
     assert copy.deepcopy(opt).max_grad_norm == 0.5
     with pytest.raises(ValueError, match="max_grad_norm"):
         ClippedAdam([w], max_grad_norm=0.0)
+
+
+def test_clipped_adam_multi_tensor_equals_per_tensor_adam() -> None:
+    """ClippedAdam's default multi-tensor step is the per-tensor loop torch runs on CPUs."""
+    from saferl.policies.sb3 import ClippedAdam
+
+    gen = torch.Generator().manual_seed(0)
+    critic = build_critic("set", *spaces_for(4), TINY["set"], device="cpu")
+    twins = [critic, copy.deepcopy(critic)]
+    opts = [
+        ClippedAdam(twins[0].parameters(), lr=1e-2, max_grad_norm=0.5),
+        ClippedAdam(twins[1].parameters(), lr=1e-2, max_grad_norm=0.5, foreach=False),
+    ]
+    assert opts[0].param_groups[0]["foreach"] is True
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen) for p in critic.parameters()]
+        for net, opt in zip(twins, opts, strict=True):
+            for p, g in zip(net.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(twins[0].parameters(), twins[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=0)
