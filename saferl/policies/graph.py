@@ -8,7 +8,7 @@ so one network can act for every morphology of a suite in one vector env.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -147,38 +147,52 @@ def attend(weights: Tensor, values: Tensor) -> Tensor:
     return (weights.unsqueeze(-4) * values.unsqueeze(-3)).sum(-2)
 
 
+class Slots(NamedTuple):
+    """Where a :class:`LimbBatch`'s tokens sit in its (L, B) grid: what moving between the two
+    needs, as plain ints. The autograd functions below keep this in their context, never the
+    batch: a batch holds tokens that such a function made, so keeping it would close a
+    reference cycle through the autograd graph, which Python's garbage collector cannot see,
+    and leak every graph whose inputs require gradients (SB3's actor loss feeds the critic
+    observations sliced out of a tensor that requires them: about 1 MB per update)."""
+
+    shape: tuple[int, int]
+    """(L, B)."""
+    counts: tuple[int, ...]
+    """Tokens kept per limb slot: the first counts[l] samples of slot l."""
+
+
 class _Tokens(torch.autograd.Function):
     """(..., L, B) grid -> (..., N) kept tokens, slot by slot (:class:`LimbBatch`); its gradient
     is the grid of the tokens' gradient (one copy each way, where slicing would cost a zero grid
     per slot in the backward pass)."""
 
     @staticmethod
-    def forward(ctx: Any, grid: Tensor, batch: LimbBatch) -> Tensor:
-        ctx.batch = batch
-        return torch.cat([grid[..., slot, :c] for slot, c in enumerate(batch.counts)], -1)
+    def forward(ctx: Any, grid: Tensor, slots: Slots) -> Tensor:
+        ctx.slots = slots
+        return torch.cat([grid[..., slot, :c] for slot, c in enumerate(slots.counts)], -1)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _Grid.apply(grad, ctx.batch), None
+        return _Grid.apply(grad, ctx.slots), None
 
 
 class _Grid(torch.autograd.Function):
     """(..., N) kept tokens -> (..., L, B) grid, zero where no token was kept."""
 
     @staticmethod
-    def forward(ctx: Any, tokens: Tensor, batch: LimbBatch) -> Tensor:
-        ctx.batch = batch
-        limbs, size = batch.shape
+    def forward(ctx: Any, tokens: Tensor, slots: Slots) -> Tensor:
+        ctx.slots = slots
+        limbs, size = slots.shape
         zeros = tokens.new_zeros(*tokens.shape[:-1], size)
         parts, start = [], 0
-        for c in batch.counts:
+        for c in slots.counts:
             parts += [tokens[..., start : start + c], zeros[..., c:]]
             start += c
         return torch.cat(parts, -1).unflatten(-1, (limbs, size))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _Tokens.apply(grad, ctx.batch), None
+        return _Tokens.apply(grad, ctx.slots), None
 
 
 class LimbBatch:
@@ -208,6 +222,8 @@ class LimbBatch:
         last = (mask * torch.arange(1, size + 1, device=mask.device)).amax(1)
         self.counts = [int(c) for c in last.tolist()]
         """Tokens kept per limb slot: the first counts[l] sorted samples."""
+        self.slots = Slots((limbs, size), tuple(self.counts))
+        """Shape and counts for moving between grid and tokens."""
         self.mask = mask.to(dtype)
         """(L, B) 1 on real limbs."""
         self.key_bias = key_padding_bias(mask.t(), dtype)
@@ -217,11 +233,11 @@ class LimbBatch:
 
     def tokens(self, grid: Tensor) -> Tensor:
         """(..., L, B) -> (..., N): the kept tokens, slot by slot."""
-        return _Tokens.apply(grid, self)
+        return _Tokens.apply(grid, self.slots)
 
     def grid(self, tokens: Tensor) -> Tensor:
         """(..., N) -> (..., L, B), zero where no token was kept."""
-        return _Grid.apply(tokens, self)
+        return _Grid.apply(tokens, self.slots)
 
     def columns(self, per_limb: Tensor) -> Tensor:
         """A view tensor (B, L, *f) in the caller's sample order -> tokens (*f, N)."""
