@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -322,6 +324,88 @@ def target_entropy(agents: Sequence[str]) -> float:
     return -float(np.mean(hinges))
 
 
+class LimbTD3(TD3):
+    """Stable-Baselines3's TD3 (Fujimoto et al., ICML 2018) with :class:`LimbTD3Policy`'s nets:
+    the same update as SB3's ``TD3.train`` (a test holds them to the same numbers), arranged
+    for limb-graph nets:
+
+    * each replay batch's observations and next observations are decoded once
+      (:meth:`LimbTD3Policy.decode`) and shared by the actor, the twin critics and their targets;
+    * the actor's loss -Q_1(s, pi(s)) treats the critic's weights as constants: SB3 computes
+      their gradients there and the next critic step discards them (``zero_grad``);
+    * the targets' Polyak averaging runs as multi-tensor ops (one call per parameter list).
+    """
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        actor_losses, critic_losses = [], []
+        for _ in range(gradient_steps):
+            self._n_updates += 1
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            discounts = getattr(data, "discounts", None)
+            discounts = self.gamma if discounts is None else discounts
+            decoded = self.policy.decode(data.observations)
+            decoded_next = self.policy.decode(data.next_observations)
+            with torch.no_grad():
+                # target policy smoothing: clipped noise on the target actor's action
+                noise = data.actions.clone().data.normal_(0, self.target_policy_noise)
+                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
+                next_actions = self.actor_target(data.next_observations, decoded_next)
+                next_actions = (next_actions + noise).clamp(-1, 1)
+                # clipped double Q-learning: min over the target critics
+                next_q = self.critic_target(data.next_observations, next_actions, decoded_next)
+                next_q, _ = torch.min(torch.cat(next_q, dim=1), dim=1, keepdim=True)
+                target_q = data.rewards + (1 - data.dones) * discounts * next_q
+            current_q = self.critic(data.observations, data.actions, decoded)
+            critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
+            critic_losses.append(critic_loss.item())
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+            if self._n_updates % self.policy_delay == 0:  # delayed policy and target updates
+                with frozen(self.critic):
+                    actions = self.actor(data.observations, decoded)
+                    actor_loss = -self.critic.q1_forward(data.observations, actions, decoded).mean()
+                    actor_losses.append(actor_loss.item())
+                    self.actor.optimizer.zero_grad()
+                    actor_loss.backward()
+                self.actor.optimizer.step()
+                polyak(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                polyak(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+                polyak(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
+                polyak(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if len(actor_losses) > 0:
+            self.logger.record("train/actor_loss", np.mean(actor_losses))
+        self.logger.record("train/critic_loss", np.mean(critic_losses))
+
+
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """``module``'s parameters without gradients inside the block (restored after)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def polyak(params: Iterable[torch.Tensor], targets: Iterable[torch.Tensor], tau: float) -> None:
+    """SB3's ``polyak_update``, target <- (1 - tau) target + tau param in place, as two
+    multi-tensor ops (the same two roundings per element as SB3's loop)."""
+    params, targets = list(params), list(targets)
+    if len(params) != len(targets):
+        raise ValueError(f"{len(params)} parameters for {len(targets)} targets")
+    if targets:
+        with torch.no_grad():
+            torch._foreach_mul_(targets, 1 - tau)
+            torch._foreach_add_(targets, params, alpha=tau)
+
+
 def build_model(
     config: TD3Config, vec_env: DummyVecEnv, device: str | None = None, verbose: int = 0
 ) -> BaseAlgorithm:
@@ -358,7 +442,7 @@ def build_model(
         return SAC(LimbSACPolicy, vec_env, target_entropy=entropy, **off_policy, **common)
     n_actions = vec_env.action_space.shape[0]
     noise = NormalActionNoise(np.zeros(n_actions), config.exploration_noise * np.ones(n_actions))
-    return TD3(
+    return LimbTD3(
         LimbTD3Policy,
         vec_env,
         action_noise=noise,

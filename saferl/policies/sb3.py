@@ -91,6 +91,11 @@ class LimbActor(Actor):
             kind, self.observation_space, self.action_space, net_config, device="cpu"
         )
 
+    def forward(self, obs: Tensor, decoded: Any = None) -> Tensor:
+        """SB3's actor forward; ``decoded``: :meth:`LimbTD3Policy.decode` of ``obs``."""
+        features = self.extract_features(obs, self.features_extractor)
+        return self.mu(features) if decoded is None else self.mu(features, decoded=decoded)
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(kind=self.kind, net_config=self.net_config)
@@ -111,6 +116,28 @@ class LimbCritic(ContinuousCritic):
             )
             setattr(self, f"qf{idx}", net)  # replaces the registered MLP
             self.q_networks[idx] = net
+
+    def forward(self, obs: Tensor, actions: Tensor, decoded: Any = None) -> tuple[Tensor, ...]:
+        """SB3's twin Q-values; ``decoded``: :meth:`LimbTD3Policy.decode` of ``obs``, shared
+        by the critics (the same values, without decoding ``obs`` once per critic)."""
+        if decoded is None:
+            return super().forward(obs, actions)
+        with torch.set_grad_enabled(not self.share_features_extractor):
+            features = self.extract_features(obs, self.features_extractor)
+        actions = self._limb_actions(actions)
+        return tuple(q.critic(features, actions, decoded=decoded) for q in self.q_networks)
+
+    def q1_forward(self, obs: Tensor, actions: Tensor, decoded: Any = None) -> Tensor:
+        """SB3's first Q-value (the actor's loss); ``decoded`` as in :meth:`forward`."""
+        if decoded is None:
+            return super().q1_forward(obs, actions)
+        with torch.no_grad():
+            features = self.extract_features(obs, self.features_extractor)
+        return self.q_networks[0].critic(features, self._limb_actions(actions), decoded=decoded)
+
+    def _limb_actions(self, actions: Tensor) -> Tensor:
+        """SB3's flat actions (B, L*3) -> (B, L, 3), as :class:`CriticAdapter` splits them."""
+        return actions.reshape(actions.shape[0], -1, ACTIONS_PER_LIMB)
 
 
 class LimbTD3Policy(TD3Policy):
@@ -147,6 +174,14 @@ class LimbTD3Policy(TD3Policy):
     def make_critic(self, features_extractor: Any = None) -> ContinuousCritic:
         kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
         return LimbCritic(**kwargs, kind=self.kind, net_config=self.net_config).to(self.device)
+
+    def decode(self, obs: Tensor) -> Any:
+        """A batch of observations decoded once for the actor, the critics and their targets
+        (their ``decoded`` argument), or None for a kind whose nets do not decode (MLP)."""
+        decode = getattr(self.actor.mu, "decode", None)
+        if decode is None:
+            return None
+        return decode(self.actor.extract_features(obs, self.actor.features_extractor))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -199,3 +199,80 @@ def test_set_gradients_match_finite_differences() -> None:
             return torch.func.functional_call(critic, {name: p}, (obs, actions))
 
         assert torch.autograd.gradcheck(q, (param,), fast_mode=True)
+
+
+# ------------------------------------------------------------- the TD3 update, arranged for SET
+
+
+QUICK_NETS = {
+    "set": {"width": 16, "ff": 32, "heads": 2, "layers": 2, "channels": 4},
+    "transformer": {"width": 16, "ff": 32, "heads": 2, "layers": 1},
+    "mlp": {"hidden": [32, 32]},
+}
+
+
+@pytest.mark.parametrize("kind", ["set", "transformer", "mlp"])
+def test_limb_td3_update_equals_sb3_td3(experiment, kind: str) -> None:
+    """LimbTD3.train (graph view decoded once per batch, critic weights constant in the actor
+    loss, multi-tensor Polyak) gives SB3's TD3.train's weights, targets and losses."""
+    import numpy as np
+    from stable_baselines3 import TD3
+
+    from saferl.online.td3 import LimbTD3
+
+    bench = experiment("bench_td3_update")
+    agents, models = ["hopper_3", "hopper_4", "hopper_5"], []
+    for _ in range(2):
+        model = bench.build(kind, QUICK_NETS[kind], agents, 5, 300, seed=1)
+        assert isinstance(model, LimbTD3)
+        models.append(model)
+    losses = []
+    for model, train in zip(models, [TD3.train, LimbTD3.train], strict=True):
+        torch.manual_seed(0)
+        np.random.seed(0)  # SB3's replay sampling
+        train(model, gradient_steps=5, batch_size=64)
+        losses.append({k: v for k, v in model.logger.name_to_value.items() if "loss" in k})
+    assert losses[0].keys() == {"train/actor_loss", "train/critic_loss"}
+    for key in losses[0]:
+        assert losses[1][key] == pytest.approx(losses[0][key], abs=1e-6)
+    state = [model.policy.state_dict() for model in models]  # actor, critic and their targets
+    for name, value in state[0].items():
+        torch.testing.assert_close(state[1][name], value, atol=1e-6, rtol=0)
+
+
+def test_decoded_batch_gives_the_nets_own_outputs() -> None:
+    """One decoded batch serves the actor and the critic (and any SET net of its layout)."""
+    actor, critic = pinned_nets()
+    obs, actions = inputs()
+    decoded = actor.decode(obs)
+    torch.testing.assert_close(actor(obs, decoded), actor(obs), atol=0, rtol=0)
+    q = critic(obs, actions, decoded)
+    torch.testing.assert_close(q, critic(obs, actions), atol=0, rtol=0)
+    torch.testing.assert_close(q.flatten(), torch.tensor(CRITIC_EXPECTED), atol=2e-5, rtol=0)
+    other = SETActor(ObsLayout(5), SETConfig(width=16, ff=32, heads=2, layers=2, channels=4,
+                                             max_hops=3))  # fmt: skip
+    with pytest.raises(ValueError, match="max_hops"):
+        other(obs, decoded)
+
+
+def test_polyak_is_sb3_polyak_update_and_frozen_restores_gradients() -> None:
+    from stable_baselines3.common.utils import polyak_update
+
+    from saferl.online.td3 import frozen, polyak
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(4, 3, generator=gen), torch.randn(7, generator=gen)]
+    targets = [torch.randn(p.shape, generator=gen) for p in params]
+    expected = [t.clone() for t in targets]
+    polyak_update(params, expected, 0.005)
+    polyak(params, targets, 0.005)
+    for got, want in zip(targets, expected, strict=True):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="targets"):
+        polyak(params, targets[:1], 0.005)
+    _, critic = pinned_nets()
+    critic.head[1].bias.requires_grad_(False)
+    with frozen(critic):
+        assert not any(p.requires_grad for p in critic.parameters())
+    assert not critic.head[1].bias.requires_grad  # left as it was
+    assert sum(not p.requires_grad for p in critic.parameters()) == 1
