@@ -112,20 +112,18 @@ class _GramTriangle(torch.autograd.Function):
     T = k(k+1)/2: row p = (i, j), i <= j (``torch.triu_indices`` order), holds
     G_ij = sum_c zc[i, c] zc[j, c], divided by (||G||_F + 1).
 
-    Written out by hand, one channel at a time (the rows G_i. from zc_i times zc_i..k, the
-    gradient d zc += D_.j zc_j with D symmetric from the triangle's gradient, diagonal
-    doubled): no temporary larger than k x 3 x N, where autograd's graph of gathers, products
+    Forward: the whole k x k matrix as a sum of three outer products (one per spatial
+    component, k x k x N each), then its triangle. Backward written out by hand, one channel
+    at a time (d zc += D_.j zc_j with D symmetric from the triangle's gradient, diagonal
+    doubled): no temporary larger than k x k x N, where autograd's graph of gathers, products
     and sums builds several T x 3 x N ones and three times as many kernels.
     """
 
     @staticmethod
     def forward(ctx: Any, zc: Tensor, tri: _Triangle) -> Tensor:
         k, _, n = zc.shape
-        gram = zc.new_empty(tri.rows.shape[0], n)
-        start = 0
-        for i in range(k):
-            torch.sum(zc[i] * zc[i:], 1, out=gram[start : start + k - i])
-            start += k - i
+        x, y, w = (c.unsqueeze(1) * c for c in zc.unbind(1))  # x_i x_j, ... (k, k, N)
+        gram = (x + y + w).view(k * k, n).index_select(0, tri.upper)  # sum over c in order
         root = torch.mv((gram * gram).t(), tri.square_weight.to(zc.dtype)).sqrt()  # ||G||_F
         norm = root + 1.0
         out = gram.div_(norm)
@@ -138,15 +136,16 @@ class _GramTriangle(torch.autograd.Function):
         zc, out, root, norm = ctx.saved_tensors
         tri: _Triangle = ctx.tri
         k = zc.shape[0]
-        weight = tri.square_weight.to(zc.dtype).unsqueeze(1)
+        weight = tri.square_weight_col.to(zc.dtype)
         # out = G / (r + 1), r = sqrt(sum_p w_p G_p^2): dG = g / (r + 1) - w out (g . out) / r
         coef = (grad * out).sum(0) / root.clamp(min=torch.finfo(root.dtype).tiny)
         d_gram = grad / norm - weight * out * coef
-        d_gram = d_gram * (3.0 - weight)  # D_ii = 2 dG_ii
-        sym = d_gram.index_select(0, tri.symmetric).view(k, k, 1, -1)
-        d_zc = torch.zeros_like(zc)
-        for j in range(k):
-            d_zc.addcmul_(sym[:, j], zc[j])
+        d_gram = d_gram * tri.double_diag.to(zc.dtype)  # D_ii = 2 dG_ii
+        sym = d_gram.index_select(0, tri.symmetric).view(k, k, 1, -1).unbind(1)  # D_.j
+        rows = zc.unbind(0)
+        d_zc = sym[0] * rows[0]
+        for j in range(1, k):
+            d_zc.addcmul_(sym[j], rows[j])
         return d_zc, None
 
 
@@ -158,35 +157,37 @@ class _Mix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, zc: Tensor, coeff: Tensor) -> Tensor:
-        out = coeff[0].unsqueeze(1) * zc[0]
-        for i in range(1, zc.shape[0]):
-            out.addcmul_(coeff[i].unsqueeze(1), zc[i])
+        zs, cs = zc.unbind(0), coeff.unsqueeze(2).unbind(0)
+        out = cs[0] * zs[0]
+        for i in range(1, len(zs)):
+            out.addcmul_(cs[i], zs[i])
         ctx.save_for_backward(zc, coeff)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         zc, coeff = ctx.saved_tensors
-        d_zc = torch.zeros_like(zc)
-        for j in range(coeff.shape[1]):  # d zc[i, c] = sum_j coeff[i, j] grad[j, c]
-            d_zc.addcmul_(coeff[:, j].unsqueeze(1), grad[j])
-        d_coeff = torch.zeros_like(coeff)
-        for c in range(3):  # d coeff[i, j] = sum_c zc[i, c] grad[j, c]
-            d_coeff.addcmul_(zc[:, c].unsqueeze(1), grad[:, c])
+        cs, gs = coeff.unsqueeze(2).unbind(1), grad.unbind(0)
+        d_zc = cs[0] * gs[0]  # d zc[i, c] = sum_j coeff[i, j] grad[j, c]
+        for j in range(1, len(gs)):
+            d_zc.addcmul_(cs[j], gs[j])
+        zs, gs = zc.unsqueeze(1).unbind(2), grad.unbind(1)
+        d_coeff = zs[0] * gs[0]  # d coeff[i, j] = sum_c zc[i, c] grad[j, c]
+        for c in range(1, 3):
+            d_coeff.addcmul_(zs[c], gs[c])
         return d_zc, d_coeff
 
 
 class _Fold(torch.autograd.Function):
     """:meth:`_Triangle.fold` as one function: W'_ij = W_ij + W_ji (i < j), W'_ii = W_ii; the
-    gradient of W_ij and of W_ji is that of W'_ij (a gather). A handful of small kernels each
-    way, where autograd would record a dozen."""
+    gradient of W_ij and of W_ji is that of W'_ij (a gather). Three small kernels forward, one
+    backward, where autograd would record a dozen."""
 
     @staticmethod
     def forward(ctx: Any, weight: Tensor, tri: _Triangle) -> Tensor:
         ctx.tri = tri
-        w_gram = weight.view(-1, tri.k, tri.k)
-        sym = (w_gram + w_gram.transpose(1, 2)).flatten(1)
-        return sym.index_select(1, tri.upper) * tri.half_diag.to(weight.dtype)
+        folded = weight.index_select(1, tri.upper)  # W_ij, i <= j
+        return folded.index_add_(1, tri.off_diag, weight.index_select(1, tri.lower))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
@@ -208,9 +209,13 @@ class _Triangle(nn.Module):
         self.register_buffer("cols", cols, persistent=False)
         self.register_buffer("upper", rows * k + cols, persistent=False)
         self.register_buffer("symmetric", position.flatten(), persistent=False)
+        off = torch.nonzero(rows != cols).flatten()
+        self.register_buffer("off_diag", off, persistent=False)
+        self.register_buffer("lower", cols[off] * k + rows[off], persistent=False)
         # ||G||_F^2 = sum over the triangle of G_ij^2, off-diagonal entries counted twice
         self.register_buffer("square_weight", 2.0 - diag, persistent=False)
-        self.register_buffer("half_diag", 1.0 - 0.5 * diag, persistent=False)
+        self.register_buffer("square_weight_col", (2.0 - diag).unsqueeze(1), persistent=False)
+        self.register_buffer("double_diag", (1.0 + diag).unsqueeze(1), persistent=False)
 
     def gram(self, zc: Tensor) -> Tensor:
         """Triangle of :func:`gram_invariants` of ``zc = [Z, g, d]`` (k, 3, N) -> (T, N)."""

@@ -276,3 +276,15 @@ def test_polyak_is_sb3_polyak_update_and_frozen_restores_gradients() -> None:
         assert not any(p.requires_grad for p in critic.parameters())
     assert not critic.head[1].bias.requires_grad  # left as it was
     assert sum(not p.requires_grad for p in critic.parameters()) == 1
+
+
+def test_folded_weights_match_their_definition_and_gradient() -> None:
+    gen = torch.Generator().manual_seed(0)
+    tri, k = _Triangle(5), 5
+    weight = torch.randn(3, k * k, generator=gen, dtype=torch.float64, requires_grad=True)
+    full = weight.view(3, k, k)
+    expected = torch.stack([full[:, i, j] + full[:, j, i] if i < j else full[:, i, i]
+                            for i, j in zip(tri.rows.tolist(), tri.cols.tolist(), strict=True)],
+                           1)  # fmt: skip
+    torch.testing.assert_close(tri.fold(weight), expected, atol=0, rtol=0)
+    assert torch.autograd.gradcheck(tri.fold, (weight,))
