@@ -310,8 +310,12 @@ class SETLayer(nn.Module):
         nn.init.zeros_(self.ff_coeff.bias)
         self.tri = _Triangle(m + 2)
 
-    def forward(self, h: Tensor, z: Tensor, graph: _Graph) -> tuple[Tensor, Tensor]:
-        """h (N, d) invariant, z (m, 3, N) equivariant -> updated (h, z)."""
+    def forward(
+        self, h: Tensor, z: Tensor, graph: _Graph, vectors_out: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """h (N, d) invariant, z (m, 3, N) equivariant -> updated (h, z); z is None when not
+        ``vectors_out`` (its feed-forward update, which nothing after a critic's last layer
+        reads, is skipped)."""
         n, d = h.shape
         bias = graph.key_bias if self.bias is None else graph.graph_bias(self.bias.table.weight)
         # attention: q, k, v from [LN(h), Gram([Z, g, d])]; weights invariant
@@ -332,6 +336,8 @@ class SETLayer(nn.Module):
         zc = torch.cat([z, graph.gd])
         hidden = F.silu(self.tri.linear(self.ff[0], zc, self.norm_ff(h).t(), x_first=True))
         h = h + _linear_rows(hidden, self.ff_scalar)
+        if not vectors_out:
+            return h, None
         coeff = _linear_cols(hidden, self.ff_coeff).view(self.m + 2, self.m, n)
         z = z + _Mix.apply(zc, coeff)
         return h, z
@@ -358,14 +364,15 @@ class SETBackbone(nn.Module):
         graph = _Graph(view, self.layout, self.cfg.max_hops)
         return graph if extra is None else graph.with_extra(extra)
 
-    def run(self, graph: _Graph) -> tuple[Tensor, Tensor]:
-        """The batch ``graph`` -> h (N, d) invariant, z (m, 3, N) equivariant."""
+    def run(self, graph: _Graph, vectors_out: bool = True) -> tuple[Tensor, Tensor | None]:
+        """The batch ``graph`` -> h (N, d) invariant, z (m, 3, N) equivariant (None when not
+        ``vectors_out``: a critic reads only h)."""
         z = _mix(self.embed_vec.weight, graph.vectors)
         first, act, second = self.embed
         h = act(self.tri.linear(first, torch.cat([z, graph.gd]), graph.scalars, x_first=False))
         h = _linear_rows(h, second)
-        for layer in self.layers:
-            h, z = layer(h, z, graph)
+        for i, layer in enumerate(self.layers):
+            h, z = layer(h, z, graph, vectors_out or i + 1 < len(self.layers))
         return h, z
 
     def forward(
@@ -434,6 +441,6 @@ class SETCritic(FixedStructure, nn.Module):
         graph.check(self.layout, self.cfg.max_hops)
         actions = actions * graph.view["act_mask"].unsqueeze(-1)  # unactuated rows: no signal
         graph = graph.with_extra(actions)
-        h, _ = self.backbone.run(graph)
+        h, _ = self.backbone.run(graph, vectors_out=False)
         norm, linear = self.head
         return graph.masked_mean(_linear_cols(norm(h).t(), linear)[0])
