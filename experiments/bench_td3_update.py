@@ -1,5 +1,7 @@
-"""Benchmark: milliseconds per TD3 update (SB3's ``TD3.train``) for SET, the limb transformer and
-the MLP, side by side on the Hopper++ padding (5 limbs: the suite's agents incl. held-out).
+"""Benchmark: milliseconds per TD3 update (``train`` of the model training builds:
+:class:`saferl.online.td3.LimbTD3`, SB3's TD3 update arranged for limb-graph nets) for SET, the
+limb transformer and the MLP, side by side on the Hopper++ padding (5 limbs: the suite's agents
+incl. held-out).
 
 A replay buffer is filled with random transitions whose mask and parents are those of the
 suite's training agents (vectors and scalars are Gaussian noise); each repeat times
@@ -8,7 +10,8 @@ so a load change on the shared machine hits every kind alike). One update = the 
 plus the actor step and the target updates every ``policy_delay`` = 2 updates, as in training.
 Reported: medians over repeats of ms/update, wall clock and CPU time of the training thread
 (on a shared machine CPU time is the steadier of the two: it leaves out the time other jobs
-hold the core), and the median per-repeat ratios SET/MLP and transformer/MLP of both.
+hold the core), and the median per-repeat ratios SET/MLP and transformer/MLP of both; the load
+average at start and end is recorded with them.
 
     python experiments/bench_td3_update.py            # small and reference configs, writes JSON
     python experiments/bench_td3_update.py --quick    # a few seconds, prints only
@@ -17,6 +20,7 @@ hold the core), and the median per-repeat ratios SET/MLP and transformer/MLP of 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -193,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     train = suite_agents(args.suite, "train")
     max_limbs = suite_max_limbs(train + suite_agents(args.suite, "heldout"))
     results: dict[str, Any] = {}
+    load_start = os.getloadavg()  # other jobs on a shared machine: recorded beside the times
     with torch_threads(args.threads):
         for name, kinds in configs.items():
             models = {kind: build(kind, cfg, train, max_limbs, args.transitions)
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         record = {"suite": args.suite, "max_limbs": max_limbs, "batch": args.batch,
                   "threads": args.threads, "repeats": args.repeats,
                   "gradient_steps": args.gradient_steps, "versions": versions(),
-                  "results": results}  # fmt: skip
+                  "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()},
+                  "cpus": os.cpu_count(), "results": results}  # fmt: skip
         write_json(args.out, record)
         print(f"\nwrote {args.out}")
     return 0

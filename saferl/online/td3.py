@@ -4,7 +4,8 @@ One shared policy trains on every training agent of an ``envs`` suite at once: a
 steps all of them in parallel with a common padding ``max_limbs`` (the suite's largest agent,
 held-out agents included), the replay buffer mixes their transitions, and the policy decodes
 the graph view inside its forward pass (3D-SGRL's multi-task setting). Stable-Baselines3's TD3
-does the update math; :class:`saferl.policies.LimbTD3Policy` supplies the networks.
+does the update math (:class:`LimbTD3`: the same update, with each replay batch decoded once for
+all nets); :class:`saferl.policies.LimbTD3Policy` supplies the networks.
 Zero-shot evaluation runs the trained policy on the suite's held-out agents.
 
 ``TD3Config.algo`` picks the learner: "td3" (the reference), or SB3's "sac" (same replay,
