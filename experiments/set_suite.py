@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,8 @@ def plot_curves(rows: list[dict], base: dict, train_agents, heldout, title: str,
             values = np.array([c[:n] for c in curves])
             x = np.array(steps[:n])
             mean, sd = values.mean(0), values.std(0)
-            (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{kind} ({len(curves)} seeds)")
+            seeds = f"{len(curves)} seed" + ("s" if len(curves) > 1 else "")
+            (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{kind} ({seeds})")
             ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
         for name, style in (("zero", "--"), ("random", ":")):
             level = np.mean([split_mean(base[name][s], agents, key) for s in base[name]])
@@ -276,7 +278,7 @@ def plot_curves(rows: list[dict], base: dict, train_agents, heldout, title: str,
         ax.set_xlabel("transitions (all training agents)")
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 150), fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
