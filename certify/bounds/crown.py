@@ -186,14 +186,16 @@ def _fast_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval
 
 
 def _dense_tighten(graph, i, ref, mask, inp, relax, max_elems, stats) -> Interval:
-    """Reference path: full A matrices for every element, then the same selection rule."""
-    B, n = mask.shape
+    """Reference path: full A matrices for every element, then the same selection rule
+    (``mask`` None: every element). Chunks of consecutive examples: the input set and the
+    relaxations are sliced as views."""
+    B, n = ref[0].shape
     size = _chunks(B, 2 * n, max(graph.widths[: i + 1]), max_elems)
     parts_l, parts_u = [], []
     for s in range(0, B, size):
-        sel = torch.arange(s, min(s + size, B), device=mask.device)
+        sel = slice(s, min(s + size, B))
         sub, rel = _sub(inp, relax, sel)
-        idx = torch.arange(n, device=mask.device).expand(len(sel), n)
+        idx = torch.arange(n, device=ref[0].device).expand(sel.stop - s, n)
         cl, cu = _rows_bounds(graph, i, idx, sub, rel)
         parts_l.append(cl)
         parts_u.append(cu)
@@ -252,9 +254,8 @@ def _tighten(graph, i, ref, mask, inp, relax, fast, max_elems, stats) -> Interva
     """Reference bounds intersected with backward bounds on the elements that need them."""
     B = ref[0].shape[0]
     flat = (ref[0].reshape(B, -1), ref[1].reshape(B, -1))
-    if mask is None:
-        mask = torch.ones_like(flat[0], dtype=torch.bool)
-    tighten = _fast_tighten if fast else _dense_tighten
+    # every element needed (curved consumers): the fast path would select them all
+    tighten = _fast_tighten if fast and mask is not None else _dense_tighten
     lo, hi = tighten(graph, i, flat, mask, inp, relax, max_elems, stats)
     return lo.reshape(ref[0].shape), hi.reshape(ref[1].shape)
 
