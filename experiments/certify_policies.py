@@ -18,6 +18,7 @@ action is certified feasible, Q_h ≤ 0; its CROWN bounds the chain step by step
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,36 @@ def table(rows: list[dict], delta: float) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: list[dict], delta: float) -> str:
+    """One row per (policy, task or kind, ε): IBP next to CROWN, means over the seeds of a kind
+    (deviation mean, fraction within δ, s per 1,000 states; FISOR: fraction feasible)."""
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        name = r["policy"] if r["kind"] != "fisor" else f"fisor {r['label']}"
+        groups.setdefault((name, r["eps"]), {}).setdefault(r["method"], []).append(r)
+
+    def mean(rs: list[dict], key: str) -> float:
+        return sum(r[key] for r in rs) / len(rs)
+
+    lines = [f"| policy | runs × states | ε | IBP deviation | CROWN deviation | CROWN / IBP | "
+             f"within δ={delta:g} (IBP / CROWN) | feasible (CROWN) | s / 1,000 states "
+             f"(IBP / CROWN) |", "|" + "---|" * 9]  # fmt: skip
+    for (name, eps), by in groups.items():
+        ibp, crown = by.get("ibp", []), by.get("crown", [])
+        if not ibp or not crown:
+            continue
+        dev_i, dev_c = mean(ibp, "deviation_mean"), mean(crown, "deviation_mean")
+        feasible = (f"{100 * mean(crown, 'fraction_feasible'):.0f}%"
+                    if "fraction_feasible" in crown[0] else "")  # fmt: skip
+        lines.append(f"| {name} | {len(crown)} × {crown[0]['states']} | {eps:g} | {dev_i:.4f} | "
+                     f"{dev_c:.4f} | {dev_c / dev_i:.3f} | "
+                     f"{100 * mean(ibp, 'fraction_within_delta'):.0f}% / "
+                     f"{100 * mean(crown, 'fraction_within_delta'):.0f}% | {feasible} | "
+                     f"{mean(ibp, 'seconds_per_1000_states'):.1f} / "
+                     f"{mean(crown, 'seconds_per_1000_states'):.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--online", default="experiments/results/online/hopper_suite",
@@ -130,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--quick", action="store_true", help="tiny runs trained here (a test)")
+    p.add_argument("--table-only", action="store_true",
+                   help="rewrite the summary table from the JSON already in --out")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     import certify
@@ -141,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    name = "certify_policies_quick" if args.quick else "certify_policies"
+    if args.table_only:
+        saved = json.loads((out / f"{name}.json").read_text())
+        write_summary(out / f"{name}_summary.md", saved["rows"], saved["settings"]["delta"])
+        return 0
     eps_list, transitions = EPSILONS, 3000
     if args.quick:
         from saferl.cli import main as cli
@@ -184,12 +222,21 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU, one thread.")  # fmt: skip
     print(text)
     print(note)
-    name = "certify_policies_quick" if args.quick else "certify_policies"
     write_json(out / f"{name}.json", {"rows": rows, "missing_online_runs": missing,
                                        "fisor_runs": fisor_runs, "settings": vars(args)},
                indent=1)  # fmt: skip
     write_text(out / f"{name}.md", f"{text}\n\n{note}\n")
+    write_summary(out / f"{name}_summary.md", rows, args.delta)
     return 0
+
+
+def write_summary(path: Path, rows: list[dict], delta: float) -> None:
+    """The summary table (:func:`summary_table`) as markdown."""
+    from saferl.common import write_text
+
+    text = summary_table(rows, delta)
+    print(text)
+    write_text(path, text + "\n")
 
 
 if __name__ == "__main__":
