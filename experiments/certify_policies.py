@@ -34,12 +34,16 @@ outside the bounds (soundness check)."""
 TASKS = ("SaferlPlanar-HopperVelocity-v1", "SaferlPlanar-SwimmerVelocity-v1")
 
 
-def find_online_runs(root: Path, kinds, seeds) -> tuple[list[tuple[str, int, Path]], list[str]]:
+def find_online_runs(
+    root: Path, kinds, seeds, transformer_seeds=None
+) -> tuple[list[tuple[str, int, Path]], list[str]]:
     """The saved runs ``root/<kind>_seed<k>`` (a run is saved once it has its checkpoint), and
-    the names of those missing."""
+    the names of those missing; the transformer's seeds are ``transformer_seeds`` when given
+    (``set_suite.py`` trains fewer of them)."""
     found, missing = [], []
     for kind in kinds:
-        for seed in seeds:
+        kind_seeds = transformer_seeds if kind == "transformer" and transformer_seeds else seeds
+        for seed in kind_seeds:
             folder = root / f"{kind}_seed{seed}"
             if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
                 found.append((kind, seed, folder))
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--online", default="experiments/results/online/hopper_suite",
                    help="folder of the online runs <kind>_seed<k>/")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--transformer-seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the transformer runs (set_suite.py trains seed 0)")  # fmt: skip
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help="offline tasks for FISOR")
     p.add_argument("--fisor-dir", default="experiments/results/certify_fisor",
@@ -192,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         args.online, args.seeds, args.kinds = str(online), [0], ["mlp", "set"]
         args.tasks, args.fisor_dir, args.fisor_steps = args.tasks[:1], str(out / "quick_fisor"), 2
         args.online_states, args.fisor_states, eps_list, transitions = 4, 1, (0.001,), 300
-    found, missing = find_online_runs(Path(args.online), args.kinds, args.seeds)
+    found, missing = find_online_runs(Path(args.online), args.kinds, args.seeds,
+                                    args.transformer_seeds)  # fmt: skip
     print(f"online runs found: {[f.name for *_, f in found]}; missing: {missing}")
     rows: list[dict] = []
     for kind, seed, folder in found:
