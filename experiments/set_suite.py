@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="random warm-up transitions (default: 5,000 per training agent)",
     )
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--buffer-size", type=int, default=100_000,
+                   help="replay capacity (FIFO), fixed whatever --steps, so that a run trained "
+                        "longer with a larger --steps resumes with its own buffer")  # fmt: skip
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=10_000)
@@ -89,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.learning_starts, args.batch_size = 180, 120, 32
+        args.buffer_size = 1000
         args.eval_every, args.eval_episodes, args.checkpoint_every = 90, 1, 90
         args.seeds, args.transformer_seeds = args.seeds[:1], args.transformer_seeds[:1]
     return args
@@ -107,7 +111,7 @@ def run_config(args: argparse.Namespace, kind: str, seed: int) -> TD3Config:
         learning_starts=args.learning_starts, batch_size=args.batch_size,
         learning_rate=args.lr, max_grad_norm=args.max_grad_norm, seed=seed,
         eval_episodes=args.eval_episodes, eval_every=args.eval_every,
-        eval_max_steps=50 if args.quick else None, buffer_size=max(args.steps, 1000),
+        eval_max_steps=50 if args.quick else None, buffer_size=args.buffer_size,
     )  # fmt: skip
 
 
