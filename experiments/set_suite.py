@@ -10,7 +10,8 @@ left it, finished runs are kept (their actor, config and metrics under ``--out/<
 
 Writes ``<out>/<name>_summary.json`` (per policy and seed: transitions, updates, in-suite and
 held-out return, episode length, target velocity, the baselines, the trained actor's largest
-action change over 24 rotations about the vertical on env states), ``<name>_table.md`` and
+action change over 24 rotations about the vertical on env states, in float64 and float32, and
+float32's round-off on the same states), ``<name>_table.md`` and
 ``<name>_curves.png``, where ``<name>`` is e.g. ``hopper_suite``.
 
     python experiments/set_suite.py --workers 2                 # the issue's budget (hours)
@@ -21,6 +22,7 @@ action change over 24 rotations about the vertical on env states), ``<name>_tabl
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -175,6 +177,19 @@ def env_states(actor: torch.nn.Module, agents: list[str], max_limbs: int, n: int
     return torch.as_tensor(states[pick])
 
 
+def rotation_invariance(actor: torch.nn.Module, states: torch.Tensor) -> dict[str, float]:
+    """Largest action change over the rotations, in float64 (the function's invariance) and in
+    float32 (as deployed), beside float32's own round-off on the unrotated states
+    (max |a_float32 - a_float64|): a float32 change of that size is round-off, not a symmetry
+    the policy breaks."""
+    angles = orbit_angles(ROTATIONS)
+    double = copy.deepcopy(actor).double()
+    roundoff = (actor(states).double() - double(states.double())).abs().max()
+    return {"rotation_invariance_max_abs": invariance_error(double, states.double(), angles),
+            "rotation_invariance_max_abs_float32": invariance_error(actor, states, angles),
+            "float32_roundoff_max_abs": float(roundoff)}  # fmt: skip
+
+
 def split_mean(per_agent: dict[str, dict], agents: list[str], key: str) -> float:
     return float(np.mean([per_agent[a][key] for a in agents]))
 
@@ -185,8 +200,8 @@ def run_row(args, kind, seed, folder, base, train_agents, heldout, max_limbs) ->
     per_agent, run = metrics["evaluation"], metrics["run"]
     actor = load_actor(str(folder), device="cpu")
     with torch.no_grad():
-        error = invariance_error(actor, env_states(actor, train_agents + heldout, max_limbs),
-                                 orbit_angles(ROTATIONS))  # fmt: skip
+        states = env_states(actor, train_agents + heldout, max_limbs)
+        invariance = rotation_invariance(actor, states)
     zero, rand = base["zero"][seed], base["random"][seed]
     row = {"policy": kind, "seed": seed, "transitions": run["transitions_done"],
            "updates": run["updates_done"], "update_to_data": run["update_to_data"],
@@ -201,7 +216,7 @@ def run_row(args, kind, seed, folder, base, train_agents, heldout, max_limbs) ->
     row["zero_torque_heldout_return"] = split_mean(zero, heldout, "return_mean")
     row["random_torque_heldout_return"] = split_mean(rand, heldout, "return_mean")
     row["return_over_zero_torque"] = row["in_suite_return"] / row["zero_torque_return"]
-    row["rotation_invariance_max_abs"] = error
+    row.update(invariance)
     row["per_agent"] = per_agent
     row["curve"] = metrics.get("curve", [])
     return row
@@ -220,7 +235,7 @@ def table(rows: list[dict], base: dict, train_agents: list[str], heldout: list[s
     """Markdown table: per policy mean ± sd over seeds; baselines below."""
     head = ["policy", "seeds", "transitions", "in-suite return", "held-out return",
             "in-suite length", "in-suite v_target", "held-out length", "held-out v_target",
-            "return / zero", "max |Δa| rot.", "min/run"]  # fmt: skip
+            "return / zero", "max |Δa| rot. f64 / f32", "min/run"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ms(values: list[float], digits: int = 1) -> str:
@@ -232,7 +247,8 @@ def table(rows: list[dict], base: dict, train_agents: list[str], heldout: list[s
         for f in FIELDS:
             cells.append(ms([r[f] for r in group], 2 if "velocity" in f else 1))
         cells.append(ms([r["return_over_zero_torque"] for r in group], 2))
-        cells.append(f"{max(r['rotation_invariance_max_abs'] for r in group):.1e}")
+        cells.append(f"{max(r['rotation_invariance_max_abs'] for r in group):.0e} / "
+                     f"{max(r['rotation_invariance_max_abs_float32'] for r in group):.0e}")
         cells.append(f"{np.mean([r['seconds'] for r in group]) / 60:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     for name, label in (("zero", "*zero torques*"), ("random", "*random torques*")):

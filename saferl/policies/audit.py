@@ -48,7 +48,7 @@ def transform_flat(obs: Tensor, matrix: Tensor) -> Tensor:
 
 def rotate_flat(obs: Tensor, angle: float | Tensor) -> Tensor:
     """Rotate the scene of flat observations about the vertical axis by ``angle`` radians."""
-    return transform_flat(obs, rotation_z(angle))
+    return transform_flat(obs, rotation_z(angle, obs.dtype))
 
 
 def reflect_flat(obs: Tensor) -> Tensor:

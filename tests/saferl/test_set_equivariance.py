@@ -140,3 +140,13 @@ def test_set_invariant_on_env_states_of_mixed_morphologies() -> None:
         with torch.no_grad():
             assert float((actor(turned) - actor(plain)).abs().max()) <= TOL
             assert float((actor(rotate_flat(plain, angle)) - actor(plain)).abs().max()) <= TOL
+
+
+def test_set_invariant_to_double_round_off_in_float64() -> None:
+    """In float64 (rotation matrix built in the states' dtype) the action change is double
+    round-off, so float32's ~1e-6 relative error is all that separates it from exact."""
+    torch.manual_seed(0)
+    actor = build_actor("set", *spaces_for(6), SMALL_SET, device="cpu").double()
+    obs = random_scenes(64, 6, seed=3).double()
+    with torch.no_grad():
+        assert invariance_error(actor, obs, orbit_angles(24)) <= 1e-12
