@@ -247,8 +247,10 @@ def table(rows: list[dict], base: dict, train_agents: list[str], heldout: list[s
         for f in FIELDS:
             cells.append(ms([r[f] for r in group], 2 if "velocity" in f else 1))
         cells.append(ms([r["return_over_zero_torque"] for r in group], 2))
-        cells.append(f"{max(r['rotation_invariance_max_abs'] for r in group):.0e} / "
-                     f"{max(r['rotation_invariance_max_abs_float32'] for r in group):.0e}")
+        cells.append(
+            f"{max(r['rotation_invariance_max_abs'] for r in group):.0e} / "
+            f"{max(r['rotation_invariance_max_abs_float32'] for r in group):.0e}"
+        )
         cells.append(f"{np.mean([r['seconds'] for r in group]) / 60:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     for name, label in (("zero", "*zero torques*"), ("random", "*random torques*")):
