@@ -121,6 +121,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "re-run skips them) and the mean ± sd over seeds goes to "
                             f"<out>/{SUMMARY}")  # fmt: skip
     parser.add_argument("--device", default=None, help=c.DEVICE_HELP)
+    parser.add_argument("--threads", type=c.positive_int, default=1,
+                        help="torch threads on CPU (--seed runs; a --seeds cell uses "
+                             "--cpus-per-cell)")  # fmt: skip
     parser.add_argument("--out", default=None,
                         help="run folder (required unless --resume): the actor checkpoint and "
                              "metrics at the end, resumable checkpoints in <out>/checkpoints/ "
@@ -252,6 +255,7 @@ def train_one(
     args: argparse.Namespace, config: TD3Config, device: str, out: Path, resumed: bool
 ) -> int:
     """Train one run into ``out`` with checkpoints; SIGTERM/SIGINT write one and stop."""
+    from saferl.common import torch_threads
     from saferl.online.td3 import budget, save_run, train
 
     plan = budget(config)
@@ -275,9 +279,10 @@ def train_one(
 
     handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        result = train(config, device=device, progress=args.progress, out=out,
-                       checkpoint_every=args.checkpoint_every, resume_run=resumed,
-                       stop=stop.is_set)  # fmt: skip
+        with torch_threads(args.threads):
+            result = train(config, device=device, progress=args.progress, out=out,
+                           checkpoint_every=args.checkpoint_every, resume_run=resumed,
+                           stop=stop.is_set)  # fmt: skip
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

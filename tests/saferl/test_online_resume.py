@@ -115,7 +115,9 @@ def test_cli_resume_continues_the_learning_curve_to_the_same_budget(tmp_path, ca
     assert "--batch-size" in capsys.readouterr().err
     assert main(["train-online", "--resume", str(out), "--steps", "60"]) == 2
     assert "at least that" in capsys.readouterr().err
-    assert main(["train-online", "--resume", str(out), "--device", "cpu"]) == 0
+    threads = torch.get_num_threads()
+    assert main(["train-online", "--resume", str(out), "--device", "cpu", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == threads  # --threads holds for the run only
     stdout = capsys.readouterr().out
     assert "120 transitions" in stdout and "update per transition" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -130,6 +132,12 @@ def test_cli_resume_continues_the_learning_curve_to_the_same_budget(tmp_path, ca
     assert metrics["run"]["transitions_done"] == 180 and metrics["run"]["updates_done"] == 150
     assert [e["step"] for e in metrics["episodes"]][: len(steps)] == steps
     assert sorted({r["step"] for r in metrics["curve"]}) == [120, 180]
+
+
+def test_train_online_refuses_zero_threads(tmp_path, capsys) -> None:
+    code = main(["train-online", *TINY, "--threads", "0", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--threads" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_train_online_without_out_is_refused(capsys) -> None:
