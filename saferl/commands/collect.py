@@ -2,12 +2,15 @@
 
 Each task is one cell of a :mod:`saferl.grid` grid (in this process, or as Ray tasks with
 ``--workers``/``--address``); the grid folder ``collect_grid`` lies beside the datasets, so a
-killed collection resumes and a finished one does no work on a re-run.
+finished task does no work on a re-run, and a task stopped (SIGTERM/SIGINT: exit status 75) or
+killed mid-way resumes from its newest checkpoint in ``<dataset>.collect/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from saferl.commands import _checks as c
@@ -15,6 +18,8 @@ from saferl.commands._checks import UsageError
 
 GRID = "collect_grid"
 """The grid folder (row files of the finished tasks), beside the datasets."""
+RESUMABLE_EXIT = 75
+"""Exit status of a collection stopped by SIGTERM/SIGINT at a checkpoint (as train-online's)."""
 
 
 def register(subparsers) -> None:
@@ -73,6 +78,11 @@ def register(subparsers) -> None:
     c.add_grid_arguments(
         p, "task", None, " (the dataset paths must be on storage the cluster shares)"
     )
+    p.add_argument("--checkpoint-every", type=c.positive_int, default=10_000,
+                   help="checkpoint each task's collection every this many env steps into "
+                        "<dataset>.collect/ (removed once the dataset is written); a killed or "
+                        f"SIGTERM'd collection (exit status {RESUMABLE_EXIT}) resumes there when "
+                        "the same command is run again")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -138,7 +148,7 @@ def check_task(task: str, max_limbs: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferl.data.collection import CollectConfig, output_files, run_collect
+    from saferl.data.collection import STOP, CollectConfig, output_files, run_collect
 
     # --- checks: nothing below trains until every input and output is known to be good
     datasets, grid_dir = all_output_paths(args.tasks, args.out)
@@ -164,8 +174,21 @@ def run(args: argparse.Namespace) -> int:
     # each task runs with as many torch threads as its cell has CPUs (default: --threads)
     cpus = args.cpus_per_cell if args.cpus_per_cell is not None else float(args.threads)
     log = (lambda _: None) if args.quiet else print
-    grid = run_collect(list(zip(configs, datasets, strict=True)), grid_dir, args.workers,
-                       args.address, cpus, args.gpus_per_cell, log=log)  # fmt: skip
+    STOP.clear()
+
+    def on_signal(signum: int, frame: object) -> None:
+        print(f"saferl collect: got {signal.Signals(signum).name}; checkpointing",
+              file=sys.stderr, flush=True)  # fmt: skip
+        STOP.set()
+
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        grid = run_collect(list(zip(configs, datasets, strict=True)), grid_dir, args.workers,
+                           args.address, cpus, args.gpus_per_cell, log=log,
+                           checkpoint_every=args.checkpoint_every)  # fmt: skip
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     rows = {row["task"]: row for row in grid.rows}
     for task in args.tasks:
         if task not in rows:
@@ -180,6 +203,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{r['seconds']:.0f} s")  # fmt: skip
         else:
             print(f"already collected: {r['path']} ({what})")
+    if STOP.is_set() and any(e.startswith("CollectionInterrupted") for e in grid.failed.values()):
+        for key, error in grid.failed.items():
+            print(f"stopped {key}: {error}", file=sys.stderr)
+        print("saferl collect: stopped at a checkpoint; run the same command again to resume",
+              file=sys.stderr)  # fmt: skip
+        return RESUMABLE_EXIT
     return c.report_grid(grid, "collect", "task")
 
 

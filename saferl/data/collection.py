@@ -12,10 +12,21 @@ Lagrangian (:mod:`saferl.common.lagrangian`) on the measured episode cost versus
 Several tasks are a grid (:mod:`saferl.grid`): :func:`collect_cell` collects one task and writes
 its dataset, summary and plot; :func:`run_collect` runs one such cell per task, in this process
 or as Ray tasks, and a re-run skips the tasks already collected with the same settings.
+
+Long collections are resumable: with a work folder (``collect(..., work=DIR)``; a cell uses
+``<dataset>.collect/`` and removes it once the dataset is written) the run checkpoints the
+learner (weights, optimisers, SAC's replay buffer and entropy coefficient), the observation and
+return normalisers, the Lagrangian's PID state, the RNG states and the trajectories rolled out so
+far every ``checkpoint_every`` env steps, in the format of :mod:`saferl.online.resume`; a run
+that is stopped (``stop()`` true, e.g. after a SIGTERM; :class:`CollectionInterrupted`) or killed
+continues from the newest checkpoint when run again with the same config. As with online runs,
+the episodes in progress at a checkpoint are not carried over (the envs are reset on resume).
 """
 
 from __future__ import annotations
 
+import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -24,17 +35,19 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from saferl.common.io import write_json
+from saferl.common.io import atomic_write, write_json
 from saferl.common.lagrangian import PIDLagrangian, PIDLagrangianConfig, annealed_limit
 from saferl.common.runtime import seeded
 from saferl.data.dsrl import REQUIRED_KEYS, DatasetMetadata, save_dataset, validate_data
 from saferl.data.rollout import rollout
 from saferl.grid import Cell, GridResult, run_grid
+from saferl.online import resume
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 
@@ -310,16 +323,58 @@ class CollectResult:
     seconds: float
 
 
-def collect(config: CollectConfig) -> CollectResult:
+KIND = "collect_run"
+"""Kind of a collection's checkpoints (:mod:`saferl.online.resume` format)."""
+ROLLOUTS = "rollouts"
+"""Folder of a work folder holding the trajectories of each behaviour checkpoint (npz)."""
+STOP = threading.Event()
+"""Set (e.g. by a SIGTERM handler) to make running collections checkpoint and stop."""
+
+
+class CollectionInterrupted(RuntimeError):
+    """A collection stopped at a checkpoint; running it again with the same config resumes."""
+
+
+def collect(
+    config: CollectConfig,
+    work: str | Path | None = None,
+    checkpoint_every: int = 10_000,
+    stop: Callable[[], bool] | None = None,
+) -> CollectResult:
     """Train the Lagrangian behaviour policy, roll out its checkpoints, grid-filter; see module.
-    Seeded with ``config.seed``; the caller's global RNG states are left as they were."""
+    Seeded with ``config.seed``; the caller's global RNG states are left as they were.
+
+    With ``work`` (a folder) the run checkpoints there every ``checkpoint_every`` env steps and
+    resumes from the newest checkpoint if one exists (ValueError if it was saved with another
+    config); when ``stop()`` turns true it checkpoints and raises :class:`CollectionInterrupted`.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if stop is not None and work is None:
+        raise ValueError("stopping with a checkpoint needs work= (a folder)")
+    if work is not None and resume.latest_checkpoint(work) is not None:
+        check_resumable(config, work)
     with seeded(config.seed):
-        return _collect(config)
+        return _collect(config, work, checkpoint_every, stop)
 
 
-def _collect(config: CollectConfig) -> CollectResult:
-    start = time.perf_counter()
-    state = LagrangeState()
+def _settings(config: CollectConfig) -> dict[str, Any]:
+    """The config as JSON, without what does not change the data (verbosity)."""
+    return {k: v for k, v in _jsonable(asdict(config)).items() if k != "verbose"}
+
+
+def check_resumable(config: CollectConfig, work: str | Path) -> None:
+    """ValueError unless the collection checkpointed in ``work`` was run with ``config``."""
+    saved = resume.read_run_state(work, KIND)["config"]
+    changed = sorted(k for k, v in _settings(config).items() if saved.get(k) != v)
+    if changed:
+        raise ValueError(f"the collection checkpointed in {str(work)!r} was run with other "
+                         f"settings ({', '.join(changed)}); remove that folder to start "
+                         "afresh")  # fmt: skip
+
+
+def _build(config: CollectConfig, state: LagrangeState) -> tuple[VecNormalize, BaseAlgorithm]:
+    """The normalised training envs (reward shaped by ``state``'s λ) and the fresh learner."""
     probe = make_env(config)
     if (
         not isinstance(probe.action_space, gym.spaces.Box)
@@ -338,18 +393,34 @@ def _collect(config: CollectConfig) -> CollectResult:
         kwargs["n_steps"] = max(8, min(kwargs["n_steps"], config.total_timesteps // config.n_envs))
     model = ALGOS[config.algo]("MlpPolicy", venv, seed=config.seed, device=config.device,
                                verbose=0, **kwargs)  # fmt: skip
+    return venv, model
+
+
+def _collect(
+    config: CollectConfig,
+    work: str | Path | None,
+    checkpoint_every: int,
+    stop: Callable[[], bool] | None,
+) -> CollectResult:
+    start = time.perf_counter()
+    state = LagrangeState()
+    venv, model = _build(config, state)
     trajectories: list[Trajectory] = []
     checkpoint_ids: list[int] = []
 
     def on_checkpoint(index: int, m: BaseAlgorithm) -> None:
         policy = sb3_policy(m, venv)
+        made = []
         for j, (det, noise) in enumerate(config.modes()):
             seed = config.seed * 1_000_003 + index * 1000 + j * 100
             runs = rollout(lambda obs, det=det: policy(obs, det), lambda: make_env(config),
                            config.episodes_per_mode, seed, noise_std=noise)  # fmt: skip
             trajs = runs.episodes()
-            trajectories.extend(trajs)
-            checkpoint_ids.extend([index] * len(trajs))
+            made.extend(trajs)
+        trajectories.extend(made)
+        checkpoint_ids.extend([index] * len(made))
+        if work is not None:
+            save_trajectories(Path(work) / ROLLOUTS / f"{index:04d}.npz", made)
         if config.verbose:
             recent = [(float(t["costs"].sum()), float(t["rewards"].sum())) for t in trajs]
             print(f"[collect {config.env_id}] checkpoint {index}/{config.num_checkpoints - 1} "
@@ -358,13 +429,166 @@ def _collect(config: CollectConfig) -> CollectResult:
                   f"{time.perf_counter() - start:.0f}s", flush=True)  # fmt: skip
 
     callback = LagrangianCallback(config, state, on_checkpoint)
-    on_checkpoint(0, model)
-    model.learn(total_timesteps=config.total_timesteps, callback=callback)
+    resumed = work is not None and resume.latest_checkpoint(work) is not None
+    saver, seconds_before = None, 0.0
+    if resumed:
+        venv.venv._reset_seeds()  # the first reset continues the restored env RNG streams
+        seconds_before = _restore(work, model, venv, state, callback, trajectories,
+                                  checkpoint_ids)  # fmt: skip
+    else:
+        on_checkpoint(0, model)
+    callbacks: list[BaseCallback] = [callback]
+    if work is not None:
+        saver = CollectCheckpointer(work, checkpoint_every, stop, config, venv, state, callback,
+                                    seconds_before, start)  # fmt: skip
+        callbacks.append(saver)
+    remaining = config.total_timesteps - model.num_timesteps
+    if remaining > 0:
+        model.learn(total_timesteps=remaining, callback=CallbackList(callbacks),
+                    reset_num_timesteps=not resumed)  # fmt: skip
+    if saver is not None and saver.stopped:
+        venv.close()
+        raise CollectionInterrupted(f"{config.env_id}: stopped at {saver.saved_at} of "
+                                    f"{config.total_timesteps} env steps; checkpoint in "
+                                    f"{work} (run again to resume)")  # fmt: skip
     while callback.next_checkpoint < len(callback.checkpoint_steps):
         callback.next_checkpoint += 1
         on_checkpoint(callback.next_checkpoint, model)
     venv.close()
+    start -= seconds_before  # a resumed run's time counts its earlier sittings
     return _assemble(config, trajectories, np.asarray(checkpoint_ids), callback.history, start)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_trajectories(path: Path, trajectories: Sequence[Trajectory]) -> None:
+    """The trajectories of one behaviour checkpoint as one npz (arrays joined, ``lengths``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.concatenate([t[k] for t in trajectories]) for k in trajectories[0]}
+    arrays["lengths"] = np.array([len(t["rewards"]) for t in trajectories], np.int64)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_trajectories(path: Path) -> list[Trajectory]:
+    """The trajectories :func:`save_trajectories` wrote (no pickle)."""
+    with np.load(path, allow_pickle=False) as data:
+        lengths = data["lengths"]
+        arrays = {k: data[k] for k in data.files if k != "lengths"}
+    ends = np.cumsum(lengths)
+    bounds = zip(ends - lengths, ends, strict=True)
+    return [{k: v[a:b] for k, v in arrays.items()} for a, b in bounds]
+
+
+def _normaliser_tensors(venv: VecNormalize) -> dict[str, torch.Tensor]:
+    return {f"vecnorm.{name}.{field}": torch.as_tensor(np.asarray(getattr(rms, field)))
+            for name, rms in (("obs", venv.obs_rms), ("ret", venv.ret_rms))
+            for field in ("mean", "var")}  # fmt: skip
+
+
+class CollectCheckpointer(BaseCallback):
+    """Checkpoints a collection into its work folder every ``every`` env steps and when
+    ``stop()`` turns true (then training stops), at rollout starts: after a finished update,
+    before the next env step (PPO: at rollout boundaries)."""
+
+    def __init__(self, work, every, stop, config, venv, lagrange, lagrangian, seconds, start):
+        super().__init__()
+        self.work, self.every, self.stop = Path(work), int(every), stop
+        self.config, self.venv, self.lagrange, self.lagrangian = config, venv, lagrange, lagrangian
+        self.seconds_before, self.start = seconds, start
+        self.saved_at: int | None = None
+        self.stopped = False
+        self.chunks: list[str] = []
+        self.rows_saved = 0
+
+    def _on_training_start(self) -> None:
+        # a fresh run checkpoints at its first step already (so a stop always leaves one)
+        self.saved_at = self.num_timesteps if self.num_timesteps > 0 else -1
+        if hasattr(self.model, "replay_buffer") and self.num_timesteps > 0:
+            state = resume.read_run_state(self.work, KIND)
+            self.chunks, self.rows_saved = list(state["replay_chunks"]), int(state["rows"])
+
+    def _on_rollout_start(self) -> None:
+        step = self.num_timesteps
+        if self.stop is not None and self.stop():
+            if step != self.saved_at:
+                self.save()
+            self.stopped = True
+        elif step // self.every > self.saved_at // self.every:
+            self.save()
+
+    def _on_step(self) -> bool:
+        return not self.stopped
+
+    def _on_training_end(self) -> None:
+        if not self.stopped and self.num_timesteps != self.saved_at:
+            self.save()  # a run killed while it rolls out or writes the dataset trains no more
+
+    def save(self) -> Path:
+        model: BaseAlgorithm = self.model
+        step = int(self.num_timesteps)
+        rows = step // model.n_envs
+        if hasattr(model, "replay_buffer"):
+            buffer = model.replay_buffer
+            root = resume.checkpoint_root(self.work)
+            chunk = resume.save_replay_chunk(root, buffer, self.rows_saved, rows)
+            chunks = self.chunks + ([chunk] if chunk else [])
+            self.chunks = resume.live_chunks(chunks, rows, buffer.buffer_size)
+            self.rows_saved = rows
+        rng_json, rng_tensors = resume.global_rng_states()
+        tensors = {**resume.model_tensors(model), **rng_tensors, **_normaliser_tensors(self.venv)}
+        pid, cb = self.lagrangian.pid, self.lagrangian
+        state = {
+            "config": _settings(self.config),
+            "num_timesteps": step,
+            "n_updates": int(model._n_updates),
+            "episode_num": int(model._episode_num),
+            "rows": rows,
+            "replay_chunks": self.chunks,
+            "rng": {**rng_json, "envs": resume.env_rng_states(self.venv.venv),
+                    "action_space": resume.jsonable_rng(
+                        model.action_space.np_random.bit_generator.state)},
+            "normaliser_counts": [float(self.venv.obs_rms.count), float(self.venv.ret_rms.count)],
+            "multiplier": self.lagrange.multiplier,
+            "pid": {"integral": pid.integral, "smoothed_violation": pid.smoothed_violation,
+                    "smoothed_cost": pid.smoothed_cost, "multiplier": pid.multiplier},
+            "next_checkpoint": cb.next_checkpoint,
+            "history": cb.history,
+            "seconds": self.seconds_before + time.perf_counter() - self.start,
+        }  # fmt: skip
+        path = resume.write_checkpoint(self.work, step, tensors, state, kind=KIND)
+        self.saved_at = step
+        return path
+
+
+def _restore(work, model, venv, lagrange, lagrangian, trajectories, checkpoint_ids) -> float:
+    """Load the newest checkpoint of ``work`` into a freshly built collection; its seconds."""
+    tensors, state = resume.read_checkpoint(work, KIND)
+    resume.load_model_tensors(model, tensors)
+    if hasattr(model, "replay_buffer"):
+        resume.load_replay(resume.checkpoint_root(work), model.replay_buffer,
+                           state["replay_chunks"], state["rows"])  # fmt: skip
+    model.num_timesteps = int(state["num_timesteps"])
+    model._n_updates = int(state["n_updates"])
+    model._episode_num = int(state["episode_num"])
+    rng = state["rng"]
+    resume.set_global_rng_states(rng, tensors)
+    resume.set_env_rng_states(venv.venv, rng["envs"])
+    model.action_space.np_random.bit_generator.state = rng["action_space"]
+    for name, rms in (("obs", venv.obs_rms), ("ret", venv.ret_rms)):
+        rms.mean = tensors[f"vecnorm.{name}.mean"].numpy().astype(np.float64)
+        rms.var = tensors[f"vecnorm.{name}.var"].numpy().astype(np.float64)
+    venv.obs_rms.count, venv.ret_rms.count = state["normaliser_counts"]
+    lagrange.multiplier = float(state["multiplier"])
+    for key, value in state["pid"].items():
+        setattr(lagrangian.pid, key, value)
+    lagrangian.next_checkpoint = int(state["next_checkpoint"])
+    lagrangian.history = list(state["history"])
+    for index in range(lagrangian.next_checkpoint + 1):
+        made = load_trajectories(Path(work) / ROLLOUTS / f"{index:04d}.npz")
+        trajectories.extend(made)
+        checkpoint_ids.extend([index] * len(made))
+    return float(state["seconds"])
 
 
 def _assemble(config, trajectories, checkpoint_ids, history, start) -> CollectResult:
@@ -442,21 +666,37 @@ def write_summary(path: str | Path, result: CollectResult) -> None:
     write_json(path, summary, indent=1)
 
 
-def collect_cell(*, config: CollectConfig, out: str, verbose: bool = False) -> list[dict[str, Any]]:
+def work_folder(dataset: str | Path) -> Path:
+    """Where the collection of ``dataset`` checkpoints (``<dataset>.collect/``, beside it)."""
+    dataset = Path(dataset)
+    return dataset.with_name(dataset.name + ".collect")
+
+
+def collect_cell(
+    *, config: CollectConfig, out: str, verbose: bool = False, checkpoint_every: int = 10_000
+) -> list[dict[str, Any]]:
     """One cell of a collection grid: :func:`collect` the task of ``config``, save the dataset
     at ``out`` (atomically, :func:`saferl.data.save_dataset`), its summary (.json) and spread
     plot (.png) beside it; one row describing the dataset (task, path, transitions,
-    trajectories, seconds, the reward range and largest cost)."""
+    trajectories, seconds, the reward range and largest cost). The run checkpoints into
+    :func:`work_folder` every ``checkpoint_every`` env steps (a cell run again resumes there;
+    :data:`STOP` set stops it at a checkpoint) and removes that folder once the dataset is
+    written."""
     from saferl.data.plot import plot_spread
 
     dataset, summary, plot = output_files(out)
-    result = collect(replace(config, verbose=verbose))
+    work = work_folder(dataset)
+    if STOP.is_set():
+        raise CollectionInterrupted(f"{config.env_id}: not started (stop requested)")
+    result = collect(replace(config, verbose=verbose), work=work,
+                     checkpoint_every=checkpoint_every, stop=STOP.is_set)  # fmt: skip
     meta = result.metadata
     save_dataset(dataset, result.data, meta)
     write_summary(summary, result)
     title = f"{config.env_id}: {meta.num_trajectories} trajectories kept"
     plot_spread(result.all_returns, result.kept, result.checkpoint, meta.cost_thresholds, plot,
                 title=title)  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
     return [{"task": config.env_id, "path": str(dataset),
              "transitions": int(len(result.data["rewards"])),
              "trajectories": int(meta.num_trajectories), "seconds": float(result.seconds),
@@ -468,9 +708,11 @@ def collect_cells(
     jobs: Sequence[tuple[CollectConfig, str | Path]],
     cpus_per_cell: float = 1.0,
     gpus_per_cell: float = 0.0,
+    checkpoint_every: int = 10_000,
 ) -> list[Cell]:
     """One cell per (config, dataset path), keyed by the task's env id; the paths are made
-    absolute (a Ray worker may run elsewhere than this folder)."""
+    absolute (a Ray worker may run elsewhere than this folder); each cell checkpoints every
+    ``checkpoint_every`` env steps (:func:`collect_cell`)."""
     tasks = [config.env_id for config, _ in jobs]
     twice = sorted({t for t in tasks if tasks.count(t) > 1})
     if twice:
@@ -480,9 +722,10 @@ def collect_cells(
         out = str(Path(path).absolute())
         outputs = tuple(str(p) for p in output_files(out))
         kwargs = {"config": replace(config, verbose=False), "out": out,
-                  "verbose": config.verbose}  # fmt: skip
+                  "verbose": config.verbose, "checkpoint_every": checkpoint_every}  # fmt: skip
         cells.append(Cell(config.env_id, collect_cell, kwargs, cpus=cpus_per_cell,
-                          gpus=gpus_per_cell, outputs=outputs, volatile=("verbose",)))  # fmt: skip
+                          gpus=gpus_per_cell, outputs=outputs,
+                          volatile=("verbose", "checkpoint_every")))  # fmt: skip
     return cells
 
 
@@ -494,10 +737,11 @@ def run_collect(
     cpus_per_cell: float = 1.0,
     gpus_per_cell: float = 0.0,
     log: Callable[[str], None] = print,
+    checkpoint_every: int = 10_000,
 ) -> GridResult:
     """Collect each (config, dataset path) as a cell of a :func:`saferl.grid.run_grid` grid under
     ``out``: one row per dataset. A re-run with the same ``out`` skips the tasks already
     collected — unless their settings or dataset path changed since, or one of the dataset's
     three files is gone (the grid's fingerprint and outputs): those are collected again."""
-    cells = collect_cells(jobs, cpus_per_cell, gpus_per_cell)
+    cells = collect_cells(jobs, cpus_per_cell, gpus_per_cell, checkpoint_every)
     return run_grid(cells, out, workers=workers, address=address, log=log)

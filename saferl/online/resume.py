@@ -67,16 +67,16 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     return folder
 
 
-def read_run_state(out: str | os.PathLike) -> dict[str, Any]:
+def read_run_state(out: str | os.PathLike, kind: str = KIND) -> dict[str, Any]:
     """The JSON part of the newest checkpoint in ``out`` (config, counters, RNG states, ...);
-    FileNotFoundError when ``out`` holds no checkpoint."""
+    FileNotFoundError when ``out`` holds no checkpoint, ValueError when it is not ``kind``'s."""
     folder = latest_checkpoint(out)
     if folder is None:
         raise FileNotFoundError(f"{str(out)!r} holds no checkpoint ({LATEST} is missing in "
                                 f"{checkpoint_root(out)}); start the run with --out")  # fmt: skip
     state = json.loads((folder / CONFIG).read_text())
-    if state.get("kind") != KIND:
-        raise ValueError(f"{folder} holds a {state.get('kind')!r} checkpoint, expected {KIND!r}")
+    if state.get("kind") != kind:
+        raise ValueError(f"{folder} holds a {state.get('kind')!r} checkpoint, expected {kind!r}")
     return state
 
 
@@ -255,15 +255,17 @@ def write_checkpoint(
     step: int,
     tensors: Mapping[str, torch.Tensor],
     state: Mapping[str, Any],
+    kind: str = KIND,
 ) -> Path:
     """Write a checkpoint folder, then atomically point ``latest`` at it; remove the folders
-    and replay chunks no longer referenced. ``state["replay_chunks"]`` lists the chunks."""
+    and replay chunks no longer referenced. ``state["replay_chunks"]`` lists the chunks;
+    ``kind`` names what the checkpoint belongs to (an online run, a dataset collection)."""
     root = checkpoint_root(out)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step{step:012d}-{secrets.token_hex(3)}"
     # safetensors refuses tensors sharing memory (a module registered under two names)
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
-    save_checkpoint(root / name, tensors, state, kind=KIND)
+    save_checkpoint(root / name, tensors, state, kind=kind)
     write_text(root / LATEST, name + "\n")
     keep = set(state.get("replay_chunks", []))
     for entry in root.iterdir():
@@ -277,9 +279,11 @@ def write_checkpoint(
     return root / name
 
 
-def read_checkpoint(out: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, state) of the newest checkpoint in ``out``."""
+def read_checkpoint(
+    out: str | os.PathLike, kind: str = KIND
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, state) of the newest checkpoint in ``out`` (ValueError if not ``kind``'s)."""
     folder = latest_checkpoint(out)
     if folder is None:
         raise FileNotFoundError(f"{str(out)!r} holds no checkpoint")
-    return load_checkpoint(folder, KIND)
+    return load_checkpoint(folder, kind)
