@@ -1,6 +1,6 @@
 """Regenerate the toolkit's DSRL-format datasets and their table and spread plots.
 
-    python experiments/collect_datasets.py                     # every task, full (small) budget
+    python experiments/collect_datasets.py                     # every task, full budget (hours)
     python experiments/collect_datasets.py --tasks SaferlPlanar-HopperVelocity-v1
     python experiments/collect_datasets.py --table-only        # table from existing summaries
     python experiments/collect_datasets.py --quick --data-dir /tmp/d --out /tmp/r
@@ -8,7 +8,12 @@
 Datasets go to ``--data-dir`` (default ``data/``, git-ignored), each with a JSON summary and a
 spread plot; plots are copied to ``--out`` (default ``experiments/results``) as
 ``datasets_<task>.png`` and the table to ``datasets_table.md``. Budget per task: BUDGETS below
-(2-core shared CPU, one torch thread).
+(2-core shared CPU, one torch thread). Each task is a cell of a :mod:`saferl.grid` grid in
+``<data-dir>/collect_grid``: a finished task is not collected again (unless its settings
+changed), and a task stopped mid-way (SIGTERM or Ctrl-C: a checkpoint, exit status 75) or
+killed resumes from its newest checkpoint in ``<data-dir>/<task>.hdf5.collect/`` when the
+script runs again. The table also gives each task's zero-torque return (10 episodes), the
+floor a dataset's best safe return should clear.
 """
 
 from __future__ import annotations
@@ -16,31 +21,36 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
-import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from saferl.commands.collect import write_summary
 from saferl.common.io import write_text
 from saferl.data import load_dataset, save_dataset, trajectory_returns
-from saferl.data.collection import CollectConfig, collect
+from saferl.data.collection import STOP, CollectConfig, make_env, run_collect
 from saferl.data.plot import plot_spread
+from saferl.data.rollout import rollout
 
-# task -> (episode steps, PPO training steps, PPO overrides, cost thresholds κ); rollouts: 10
-# checkpoints x 3 modes (deterministic, deterministic + noise 0.3, stochastic) x 6 episodes = 180
-# trajectories. κ None: DSRL's 20/40/80 per 1000 steps, scaled to the episode length. The 3D
-# walkers rarely go below 12 per 300 steps, so their κ are 20/30/40 (6-32 % of trajectories safe).
-_KAPPA_3D = (20.0, 30.0, 40.0)
-BUDGETS: dict[str, tuple[int, int, dict, tuple[float, ...] | None]] = {
-    "SaferlPlanar-HopperVelocity-v1": (500, 80_000, {}, None),
-    "SaferlPlanar-SwimmerVelocity-v1": (500, 60_000, {"gamma": 0.9999}, None),  # RL-Zoo's γ
-    "Saferl3D-Hopper3-v0": (300, 60_000, {}, _KAPPA_3D),
-    "Saferl3D-Walker2-v0": (300, 60_000, {}, _KAPPA_3D),
-    "Saferl3D-Walker3-v0": (300, 60_000, {}, _KAPPA_3D),
+# task -> (episode steps, training env steps, learner, learner overrides, cost thresholds κ);
+# rollouts: 10 checkpoints x 3 modes (deterministic, deterministic + noise 0.3, stochastic) x 6
+# episodes = 180 trajectories. κ None: DSRL's 20/40/80 per 1000 steps. SAC with 4 envs and 4
+# gradient steps per vector step (one update per transition, as the online learners); PPO for
+# the swimmer with RL-Zoo's γ = 0.9999 (SAC barely moves it).
+_SAC = ("sac", {"gradient_steps": 4})
+BUDGETS: dict[str, tuple[int, int, str, dict, tuple[float, ...] | None]] = {
+    "SaferlPlanar-HopperVelocity-v1": (1000, 200_000, *_SAC, None),
+    "SaferlPlanar-SwimmerVelocity-v1": (1000, 300_000, "ppo", {"gamma": 0.9999}, None),
+    "SaferlPlanar-HalfCheetahVelocity-v1": (1000, 200_000, *_SAC, None),
+    "Saferl3D-Hopper3-v0": (1000, 200_000, *_SAC, None),
+    "Saferl3D-Walker2-v0": (1000, 200_000, *_SAC, None),
+    "Saferl3D-Walker3-v0": (1000, 200_000, *_SAC, None),
 }
 QUICK_TASK = "SaferlPlanar-HopperVelocity-v1"
+GRID = "collect_grid"
+RESUMABLE_EXIT = 75
 
 
 def config_for(task: str, quick: bool, seed: int) -> CollectConfig:
@@ -48,10 +58,11 @@ def config_for(task: str, quick: bool, seed: int) -> CollectConfig:
     if quick:
         tiny = {"total_timesteps": 128, "num_checkpoints": 2, "episodes_per_mode": 1}
         return CollectConfig.for_task(task, 30, grid_bins=3, seed=seed, verbose=0, **tiny)
-    steps, total, ppo, kappas = BUDGETS[task]
+    steps, total, algo, learner, kappas = BUDGETS[task]
     return CollectConfig.for_task(task, steps, total_timesteps=total, num_checkpoints=10,
                                   episodes_per_mode=6, anneal_fraction=0.5, seed=seed,
-                                  learner_kwargs=ppo, cost_thresholds=kappas)  # fmt: skip
+                                  algo=algo, learner_kwargs=learner,
+                                  cost_thresholds=kappas)  # fmt: skip
 
 
 def retag(path: Path, quick: bool, seed: int) -> None:
@@ -72,16 +83,15 @@ def retag(path: Path, quick: bool, seed: int) -> None:
                 path.with_suffix(".png"), title=title)  # fmt: skip
 
 
-def run_task(task: str, data_dir: Path, quick: bool, seed: int) -> Path:
-    """Collect one task's dataset; write its HDF5, JSON summary and spread plot."""
-    result = collect(config_for(task, quick, seed))
-    path = data_dir / f"{task}.hdf5"
-    save_dataset(path, result.data, result.metadata)
-    write_summary(path.with_suffix(".json"), result)
-    title = f"{task}: {result.metadata.num_trajectories}/{len(result.kept)} trajectories kept"
-    plot_spread(result.all_returns, result.kept, result.checkpoint,
-                result.metadata.cost_thresholds, path.with_suffix(".png"), title=title)  # fmt: skip
-    return path
+def zero_torque_return(path: Path, episodes: int = 10) -> float:
+    """Mean return of zero actions on the dataset's task (its episode limit and env settings)."""
+    _, meta = load_dataset(path)
+    config = CollectConfig(env_id=meta.env_id, env_kwargs=dict(meta.env_kwargs or {}),
+                           max_episode_steps=meta.max_episode_steps)  # fmt: skip
+    act_dim = meta.act_dim
+    runs = rollout(lambda obs: np.zeros((len(obs), act_dim), np.float32),
+                   lambda: make_env(config), episodes, seed=123, record=False)  # fmt: skip
+    return float(np.mean(runs.returns))
 
 
 def table_row(path: Path) -> dict[str, object]:
@@ -105,6 +115,7 @@ def table_row(path: Path) -> dict[str, object]:
     safe = [costs <= k for k in meta.cost_thresholds]
     row["safe % at κ"] = "/".join(f"{100 * m.mean():.0f}" for m in safe)
     row["best safe R at κ"] = "/".join(f"{rets[m].max():.0f}" if m.any() else "-" for m in safe)
+    row["zero-torque R"] = f"{zero_torque_return(path):.0f}"
     row["time s"] = f"{summary['seconds']:.0f}"
     return row
 
@@ -117,6 +128,18 @@ def markdown(rows: list[dict[str, object]]) -> str:
                             for r in rows)  # fmt: skip
 
 
+def collect(jobs, grid_dir: Path, checkpoint_every: int):
+    """Run the collection grid; SIGTERM/SIGINT make the running task checkpoint and stop."""
+    STOP.clear()
+    handlers = {sig: signal.signal(sig, lambda *_: STOP.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip
+    try:
+        return run_collect(jobs, grid_dir, checkpoint_every=checkpoint_every)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=None, help=f"default: {list(BUDGETS)}")
@@ -125,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="one task, a few hundred steps")
     p.add_argument("--table-only", action="store_true", help="only rebuild table and plots")
+    p.add_argument("--checkpoint-every", type=int, default=10_000,
+                   help="env steps between a task's resumable checkpoints")  # fmt: skip
     p.add_argument(
         "--retag",
         action="store_true",
@@ -141,10 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks if args.retag else []:
         if (data_dir / f"{task}.hdf5").exists():
             retag(data_dir / f"{task}.hdf5", args.quick, args.seed)
-    for task in [] if (args.table_only or args.retag) else tasks:
-        start = time.perf_counter()
-        path = run_task(task, data_dir, args.quick, args.seed)
-        print(f"{task}: {path} in {time.perf_counter() - start:.0f} s", flush=True)
+    if not (args.table_only or args.retag):
+        jobs = [(config_for(t, args.quick, args.seed), data_dir / f"{t}.hdf5") for t in tasks]
+        grid = collect(jobs, data_dir / GRID, args.checkpoint_every)
+        if STOP.is_set():
+            print("stopped at a checkpoint; run the same command again to resume",
+                  file=sys.stderr)  # fmt: skip
+            return RESUMABLE_EXIT
+        for key, error in grid.failed.items():
+            print(f"failed {key}: {error}", file=sys.stderr)
     paths = [data_dir / f"{t}.hdf5" for t in tasks if (data_dir / f"{t}.hdf5").exists()]
     if not paths:
         print("no datasets found", file=sys.stderr)

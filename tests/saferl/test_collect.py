@@ -162,7 +162,7 @@ def test_experiment_script_quick(tmp_path):
     argv = ["--quick", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     assert module.main(argv) == 0
     table = (out / "datasets_table.md").read_text()
-    assert PLANAR in table and "safe % at κ" in table
+    assert PLANAR in table and "safe % at κ" in table and "zero-torque R" in table
     assert (out / f"datasets_{PLANAR}.png").exists()
 
 
