@@ -4,7 +4,10 @@
 variance ``v = mean(c^2) + eps`` and ``rho = 1 / sqrt(v)``.
 
 IBP bounds each factor separately: c exactly per coordinate, v from the squared centred
-intervals, rho from v (decreasing), then the product of intervals. Sound, deliberately simple.
+intervals intersected with the bounds of ``||c||_2`` given by the box's centre and radius
+(``_norm_bounds``: a triangle inequality that keeps the variance away from 0 where the box is
+narrow beside the spread of its centre), rho from v (decreasing), then the product of
+intervals.
 
 CROWN composes the relaxations of the pieces inside one backward step: McCormick planes for
 ``c * rho`` give coefficients on c and on rho; rho's coefficient passes through the convex,
@@ -67,7 +70,21 @@ class LayerNormOp(Op):
         sq_lo, sq_hi = self._square.ibp((c_lo, c_hi))
         v_lo = sq_lo.mean(-1, keepdim=True) + self.eps
         v_hi = sq_hi.mean(-1, keepdim=True) + self.eps
+        n_lo, n_hi = self._norm_bounds(*b)
+        v_lo = torch.maximum(v_lo, n_lo.square() / self.n + self.eps)
+        v_hi = torch.minimum(v_hi, n_hi.square() / self.n + self.eps)
         return (c_lo, c_hi), (v_lo, v_hi), (torch.rsqrt(v_hi), torch.rsqrt(v_lo))
+
+    def _norm_bounds(self, lo: Tensor, hi: Tensor) -> Interval:
+        """Bounds of ||c||_2 from the box's centre m and radius r: c = P x with P the centring
+        projector (||P|| = 1), so | ||P x|| - ||P m|| | <= ||P (x - m)|| <= ||r||_2. Where the
+        box is narrow beside the spread of its centre, this keeps the variance away from 0,
+        which the per-coordinate squares cannot once an interval c_i holds 0. Widened by a
+        relative 1e-5 against float rounding."""
+        m, r = (lo + hi) / 2, (hi - lo) / 2
+        centre = torch.linalg.vector_norm(m - m.mean(-1, keepdim=True), dim=-1, keepdim=True)
+        radius = torch.linalg.vector_norm(r, dim=-1, keepdim=True)
+        return (centre - radius).clamp(min=0) * (1 - 1e-5), (centre + radius) * (1 + 1e-5)
 
     def ibp(self, b: Interval) -> Interval:
         (c_lo, c_hi), _, (inv_lo, inv_hi) = self._pieces(b)

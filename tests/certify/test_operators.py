@@ -192,6 +192,43 @@ class LayerNormBody(nn.Module):
 
 
 @SETTINGS
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(2, 40),
+    st.sampled_from([1e-3, 0.1, 1.0, 10.0]),
+    st.sampled_from([0.0, 1e-4, 1e-2, 1.0]),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_layernorm_variance_bounds_hold(seed, n, spread, radius, dtype) -> None:
+    """The variance bounds (per-coordinate squares met with the centre-and-radius bounds of
+    ||x - mean||) contain the variance of sampled points and corners of the box."""
+    from certify.bounds.normalization import LayerNormOp
+
+    gen = torch.Generator().manual_seed(seed)
+    centre = spread * torch.randn(3, n, generator=gen, dtype=dtype)
+    r = radius * torch.rand(3, n, generator=gen, dtype=dtype)
+    op = LayerNormOp(n, None, None, 1e-5)
+    _, (v_lo, v_hi), _ = op._pieces((centre - r, centre + r))
+    pts = sample_box(centre - r, centre + r, N_POINTS, gen)  # (3, N, n)
+    v = pts.var(-1, unbiased=False) + 1e-5
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert (v >= v_lo * (1 - tol)).all() and (v <= v_hi * (1 + tol)).all()
+
+
+def test_layernorm_variance_bound_is_exact_where_squares_alone_are_not() -> None:
+    """x in c +- 1 with c = (3, -3, 3, -3, ...): the smallest variance is 4 (every |x_i| = 2).
+    Centring couples the coordinates (each x_i - mean has radius 1.75), so the squares alone
+    give (3 - 1.75)^2 = 1.5625; the norm bound ||c|| - ||r|| gives the exact 4."""
+    from certify.bounds.normalization import LayerNormOp
+
+    c = torch.tensor([[3.0, -3.0] * 4], dtype=torch.float64)
+    op = LayerNormOp(8, None, None, 0.0)
+    _, (v_lo, v_hi), _ = op._pieces((c - 1, c + 1))
+    assert float(v_lo) == pytest.approx(4.0, rel=1e-4)
+    assert float(v_hi) == pytest.approx(16.0, rel=1e-4)  # (||c|| + ||r||)^2 / n, also exact
+
+
+@SETTINGS
 @given(problems(), st.integers(2, 5), st.booleans(), st.booleans())
 def test_layernorm_with_affine(problem, n, functional, affine) -> None:
     _, d, x, eps, gen = problem
