@@ -122,10 +122,10 @@ def test_a_failing_task_is_reported_and_the_other_is_collected(capsys, tmp_path,
 
     real = collection.collect
 
-    def collect(config):
+    def collect(config, **kwargs):
         if config.env_id == TASKS[0]:
             raise RuntimeError("the simulator broke")
-        return real(config)
+        return real(config, **kwargs)
 
     monkeypatch.setattr(collection, "collect", collect)
     code, stdout, err = run(capsys, "collect", *TASKS, "--out", tmp_path, *TINY_COLLECT)
