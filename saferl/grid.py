@@ -191,7 +191,9 @@ def _run_here(todo, out, shared, done, progress) -> dict[str, str]:
             )
         except Exception as exc:  # a failing cell is reported; the grid goes on
             failed[cell.key] = f"{type(exc).__name__}: {exc}"
-            progress.failed(cell.key, failed[cell.key])
+            # a cell stopped at a checkpoint (``exc.resumable``) is logged as stopped (a re-run
+            # resumes it)
+            progress.failed(cell.key, failed[cell.key], getattr(exc, "resumable", False))
             continue
         _finish(out, cell, rows, seconds, done, progress)
     return failed
@@ -268,6 +270,6 @@ class _Progress:
         self.done, self.running, self.fresh = self.done + 1, self.running - 1, self.fresh + 1
         self._line(f"{key} ({seconds:.1f} s)")
 
-    def failed(self, key: str, error: str) -> None:
+    def failed(self, key: str, error: str, resumable: bool = False) -> None:
         self.nfailed, self.running = self.nfailed + 1, self.running - 1
-        self._line(f"{key} FAILED: {error}")
+        self._line(f"{key} {'stopped (resumable)' if resumable else 'FAILED'}: {error}")

@@ -334,6 +334,8 @@ STOP = threading.Event()
 class CollectionInterrupted(RuntimeError):
     """A collection stopped at a checkpoint; running it again with the same config resumes."""
 
+    resumable = True
+
 
 def collect(
     config: CollectConfig,

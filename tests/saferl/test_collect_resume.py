@@ -110,3 +110,18 @@ def test_cli_sigterm_checkpoints_and_a_rerun_finishes(tmp_path) -> None:
     data, meta = load_dataset(out)
     assert meta.num_trajectories >= 1 and len(data["rewards"]) > 0
     assert not work.exists()
+
+
+def test_a_stop_before_a_task_starts_is_logged_as_resumable(tmp_path) -> None:
+    from saferl.data.collection import STOP, run_collect
+
+    lines: list[str] = []
+    STOP.set()
+    try:
+        jobs = [(tiny("ppo"), tmp_path / "d.hdf5")]
+        grid = run_collect(jobs, tmp_path / "grid", log=lines.append)
+    finally:
+        STOP.clear()
+    assert list(grid.failed) == [PLANAR] and "CollectionInterrupted" in grid.failed[PLANAR]
+    assert any("stopped (resumable)" in line for line in lines)
+    assert not any("FAILED" in line for line in lines)
