@@ -529,27 +529,14 @@ class CollectCheckpointer(BaseCallback):
     def save(self) -> Path:
         model: BaseAlgorithm = self.model
         step = int(self.num_timesteps)
-        rows = step // model.n_envs
-        if hasattr(model, "replay_buffer"):
-            buffer = model.replay_buffer
-            root = resume.checkpoint_root(self.work)
-            chunk = resume.save_replay_chunk(root, buffer, self.rows_saved, rows)
-            chunks = self.chunks + ([chunk] if chunk else [])
-            self.chunks = resume.live_chunks(chunks, rows, buffer.buffer_size)
-            self.rows_saved = rows
-        rng_json, rng_tensors = resume.global_rng_states()
-        tensors = {**resume.model_tensors(model), **rng_tensors, **_normaliser_tensors(self.venv)}
+        tensors, learner = resume.learner_state(model, self.venv.venv, self.work, step,
+                                                self.chunks, self.rows_saved)  # fmt: skip
+        self.chunks, self.rows_saved = learner["replay_chunks"], learner["rows"]
+        tensors.update(_normaliser_tensors(self.venv))
         pid, cb = self.lagrangian.pid, self.lagrangian
         state = {
             "config": _settings(self.config),
-            "num_timesteps": step,
-            "n_updates": int(model._n_updates),
-            "episode_num": int(model._episode_num),
-            "rows": rows,
-            "replay_chunks": self.chunks,
-            "rng": {**rng_json, "envs": resume.env_rng_states(self.venv.venv),
-                    "action_space": resume.jsonable_rng(
-                        model.action_space.np_random.bit_generator.state)},
+            **learner,
             "normaliser_counts": [float(self.venv.obs_rms.count), float(self.venv.ret_rms.count)],
             "multiplier": self.lagrange.multiplier,
             "pid": {"integral": pid.integral, "smoothed_violation": pid.smoothed_violation,
@@ -566,17 +553,7 @@ class CollectCheckpointer(BaseCallback):
 def _restore(work, model, venv, lagrange, lagrangian, trajectories, checkpoint_ids) -> float:
     """Load the newest checkpoint of ``work`` into a freshly built collection; its seconds."""
     tensors, state = resume.read_checkpoint(work, KIND)
-    resume.load_model_tensors(model, tensors)
-    if hasattr(model, "replay_buffer"):
-        resume.load_replay(resume.checkpoint_root(work), model.replay_buffer,
-                           state["replay_chunks"], state["rows"])  # fmt: skip
-    model.num_timesteps = int(state["num_timesteps"])
-    model._n_updates = int(state["n_updates"])
-    model._episode_num = int(state["episode_num"])
-    rng = state["rng"]
-    resume.set_global_rng_states(rng, tensors)
-    resume.set_env_rng_states(venv.venv, rng["envs"])
-    model.action_space.np_random.bit_generator.state = rng["action_space"]
+    resume.restore_learner(model, venv.venv, work, tensors, state)
     for name, rms in (("obs", venv.obs_rms), ("ret", venv.ret_rms)):
         rms.mean = tensors[f"vecnorm.{name}.mean"].numpy().astype(np.float64)
         rms.var = tensors[f"vecnorm.{name}.var"].numpy().astype(np.float64)

@@ -247,6 +247,62 @@ def live_chunks(chunks: list[str], rows_total: int, size: int) -> list[str]:
     return [c for c in chunks if _chunk_range(c)[1] > rows_total - size]
 
 
+# --------------------------------------------------------------------------- an SB3 learner
+
+
+def learner_state(
+    model: Any, vec_env: Any, out: str | os.PathLike, step: int, chunks: list[str], rows_saved: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An SB3 learner's part of a checkpoint after ``step`` transitions: (tensors: weights,
+    optimisers and torch's RNG; state: counters, the replay chunks in use and the numpy,
+    ``random``, env and action-space RNG states). The replay rows added since ``rows_saved``
+    (vector steps) are written now; ``state["rows"]`` and ``state["replay_chunks"]`` are what
+    the next call takes as ``rows_saved`` and ``chunks``. ``vec_env`` is the DummyVecEnv whose
+    envs step (inside any normalising wrapper)."""
+    rows = step // model.n_envs
+    if hasattr(model, "replay_buffer"):
+        buffer = model.replay_buffer
+        chunk = save_replay_chunk(checkpoint_root(out), buffer, rows_saved, rows)
+        chunks = live_chunks(chunks + ([chunk] if chunk else []), rows, buffer.buffer_size)
+    rng_json, rng_tensors = global_rng_states()
+    state = {
+        "num_timesteps": int(step),
+        "n_updates": int(model._n_updates),
+        "episode_num": int(model._episode_num),
+        "rows": rows,
+        "replay_chunks": list(chunks),
+        "rng": {
+            **rng_json,
+            "envs": env_rng_states(vec_env),
+            "action_space": jsonable_rng(model.action_space.np_random.bit_generator.state),
+        },
+    }
+    return {**model_tensors(model), **rng_tensors}, state
+
+
+def restore_learner(
+    model: Any,
+    vec_env: Any,
+    out: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any],
+) -> None:
+    """Put :func:`learner_state`'s part of a checkpoint of ``out`` back into a freshly built
+    learner of the same config (the global RNG states are set: call inside
+    :func:`saferl.common.runtime.seeded`)."""
+    load_model_tensors(model, tensors)
+    if hasattr(model, "replay_buffer"):
+        load_replay(checkpoint_root(out), model.replay_buffer, state["replay_chunks"],
+                    state["rows"])  # fmt: skip
+    model.num_timesteps = int(state["num_timesteps"])
+    model._n_updates = int(state["n_updates"])
+    model._episode_num = int(state["episode_num"])
+    rng = state["rng"]
+    set_global_rng_states(rng, tensors)
+    set_env_rng_states(vec_env, rng["envs"])
+    model.action_space.np_random.bit_generator.state = rng["action_space"]
+
+
 # --------------------------------------------------------------------------- whole checkpoints
 
 

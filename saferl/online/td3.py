@@ -558,30 +558,14 @@ class Checkpointer(BaseCallback):
         inside a rollout passes the rollout's start)."""
         model: BaseAlgorithm = self.model
         step = int(self.num_timesteps if step is None else step)
-        rows = step // model.n_envs
-        if hasattr(model, "replay_buffer"):
-            buffer = model.replay_buffer
-            chunk = resume.save_replay_chunk(resume.checkpoint_root(self.out), buffer,
-                                             self.rows_saved, rows)  # fmt: skip
-            chunks = self.chunks + ([chunk] if chunk else [])
-            self.chunks = resume.live_chunks(chunks, rows, buffer.buffer_size)
-            self.rows_saved = rows
-        rng_json, rng_tensors = resume.global_rng_states()
-        tensors = {**resume.model_tensors(model), **rng_tensors}
-        rec, space_rng = self.recorder, model.action_space.np_random
+        tensors, learner = resume.learner_state(model, model.env, self.out, step, self.chunks,
+                                                self.rows_saved)  # fmt: skip
+        self.chunks, self.rows_saved = learner["replay_chunks"], learner["rows"]
+        rec = self.recorder
         state = {
             "td3": dataclasses.asdict(self.config),
             "budget": budget(self.config),
-            "num_timesteps": step,
-            "n_updates": int(model._n_updates),
-            "episode_num": int(model._episode_num),
-            "rows": rows,
-            "replay_chunks": self.chunks,
-            "rng": {
-                **rng_json,
-                "envs": resume.env_rng_states(model.env),
-                "action_space": resume.jsonable_rng(space_rng.bit_generator.state),
-            },
+            **learner,
             "episodes": [e for e in rec.episodes if e["step"] <= step],
             "losses": rec.losses,
             "evaluations": rec.evaluations,
@@ -600,17 +584,7 @@ def restore(model: BaseAlgorithm, out: str | Path, recorder: EpisodeRecorder) ->
     counters, RNG states (the global ones are set: call inside
     :func:`saferl.common.runtime.seeded`) and the recorder's history."""
     tensors, state = resume.read_checkpoint(out)
-    resume.load_model_tensors(model, tensors)
-    if hasattr(model, "replay_buffer"):
-        resume.load_replay(resume.checkpoint_root(out), model.replay_buffer,
-                           state["replay_chunks"], state["rows"])  # fmt: skip
-    model.num_timesteps = int(state["num_timesteps"])
-    model._n_updates = int(state["n_updates"])
-    model._episode_num = int(state["episode_num"])
-    rng = state["rng"]
-    resume.set_global_rng_states(rng, tensors)
-    resume.set_env_rng_states(model.env, rng["envs"])
-    model.action_space.np_random.bit_generator.state = rng["action_space"]
+    resume.restore_learner(model, model.env, out, tensors, state)
     recorder.episodes = list(state["episodes"])
     recorder.losses = list(state["losses"])
     recorder.evaluations = list(state.get("evaluations", []))
