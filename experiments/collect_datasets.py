@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from saferl.common import stop_on_signals
 from saferl.common.io import write_text
 from saferl.data import load_dataset, save_dataset, trajectory_returns
 from saferl.data.collection import STOP, CollectConfig, make_env, run_collect
@@ -131,13 +131,8 @@ def markdown(rows: list[dict[str, object]]) -> str:
 def collect(jobs, grid_dir: Path, checkpoint_every: int):
     """Run the collection grid; SIGTERM/SIGINT make the running task checkpoint and stop."""
     STOP.clear()
-    handlers = {sig: signal.signal(sig, lambda *_: STOP.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip
-    try:
+    with stop_on_signals(STOP, "collect_datasets: got {signal}; checkpointing"):
         return run_collect(jobs, grid_dir, checkpoint_every=checkpoint_every)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

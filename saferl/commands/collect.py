@@ -9,7 +9,6 @@ killed mid-way resumes from its newest checkpoint in ``<dataset>.collect/``.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -148,6 +147,7 @@ def check_task(task: str, max_limbs: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from saferl.common import stop_on_signals
     from saferl.data.collection import STOP, CollectConfig, output_files, run_collect
 
     # --- checks: nothing below trains until every input and output is known to be good
@@ -175,20 +175,10 @@ def run(args: argparse.Namespace) -> int:
     cpus = args.cpus_per_cell if args.cpus_per_cell is not None else float(args.threads)
     log = (lambda _: None) if args.quiet else print
     STOP.clear()
-
-    def on_signal(signum: int, frame: object) -> None:
-        print(f"saferl collect: got {signal.Signals(signum).name}; checkpointing",
-              file=sys.stderr, flush=True)  # fmt: skip
-        STOP.set()
-
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signals(STOP, "saferl collect: got {signal}; checkpointing"):
         grid = run_collect(list(zip(configs, datasets, strict=True)), grid_dir, args.workers,
                            args.address, cpus, args.gpus_per_cell, log=log,
                            checkpoint_every=args.checkpoint_every)  # fmt: skip
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     rows = {row["task"]: row for row in grid.rows}
     for task in args.tasks:
         if task not in rows:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -255,7 +253,7 @@ def train_one(
     args: argparse.Namespace, config: TD3Config, device: str, out: Path, resumed: bool
 ) -> int:
     """Train one run into ``out`` with checkpoints; SIGTERM/SIGINT write one and stop."""
-    from saferl.common import torch_threads
+    from saferl.common import stop_on_signals, torch_threads
     from saferl.online.td3 import budget, save_run, train
 
     plan = budget(config)
@@ -270,22 +268,11 @@ def train_one(
           f"agents, {plan['learning_starts']} random warm-up transitions, {plan['updates']} "
           f"updates ({ratio}); checkpoints every {args.checkpoint_every} transitions in "
           f"{out / 'checkpoints'}")  # fmt: skip
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        print(f"saferl train-online: got {signal.Signals(signum).name}; writing a checkpoint",
-              file=sys.stderr, flush=True)  # fmt: skip
-        stop.set()
-
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with torch_threads(args.threads):
-            result = train(config, device=device, progress=args.progress, out=out,
-                           checkpoint_every=args.checkpoint_every, resume_run=resumed,
-                           stop=stop.is_set)  # fmt: skip
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    message = "saferl train-online: got {signal}; writing a checkpoint"
+    with stop_on_signals(threading.Event(), message) as stop, torch_threads(args.threads):
+        result = train(config, device=device, progress=args.progress, out=out,
+                       checkpoint_every=args.checkpoint_every, resume_run=resumed,
+                       stop=stop.is_set)  # fmt: skip
     done = result.run["transitions_done"]
     if result.interrupted:
         print(f"stopped at {done} of {plan['transitions']} transitions; checkpoint "

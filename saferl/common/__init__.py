@@ -4,7 +4,7 @@ the PID Lagrangian controller.
 * :mod:`saferl.common.io` — ``atomic_write`` and ``write_bytes/text/json``, ``save_figure``;
 * :mod:`saferl.common.checkpoint` — ``model.safetensors`` + ``config.json`` folders;
 * :mod:`saferl.common.runtime` — ``default_device``, ``resolve_device``, ``seeded``,
-  ``torch_threads``, ``versions``;
+  ``stop_on_signals``, ``torch_threads``, ``versions``;
 * :mod:`saferl.common.lagrangian` — ``PIDLagrangian`` and its config, ``annealed_limit``.
 """
 
@@ -16,6 +16,7 @@ from saferl.common.runtime import (
     default_device,
     resolve_device,
     seeded,
+    stop_on_signals,
     torch_threads,
     versions,
 )
@@ -23,5 +24,6 @@ from saferl.common.runtime import (
 __all__ = [
     "PIDLagrangian", "PIDLagrangianConfig", "TorchRNG", "annealed_limit", "atomic_write",
     "default_device", "load_checkpoint", "resolve_device", "save_checkpoint", "save_figure",
-    "seeded", "torch_threads", "versions", "write_bytes", "write_json", "write_text",
+    "seeded", "stop_on_signals", "torch_threads", "versions", "write_bytes", "write_json",
+    "write_text",
 ]  # fmt: skip

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from importlib import metadata
 
@@ -126,3 +129,22 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, message: str = "") -> Iterator[threading.Event]:
+    """Within the block SIGTERM and SIGINT set ``stop`` (the work checkpoints and returns)
+    instead of ending the process, printing ``message`` with the signal's name on stderr if
+    one is given; the previous handlers come back after the block."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        if message:
+            print(message.format(signal=signal.Signals(signum).name), file=sys.stderr, flush=True)
+        stop.set()
+
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
