@@ -145,6 +145,9 @@ def stage_offline(ctx: DemoContext) -> dict:
     for row in res["scores"]:
         print("   ", ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in row.items()))  # fmt: skip
+    print(f"    (its data: episodes of mean return {res['data_return_mean']:.1f} and length "
+          f"{res['data_length_mean']:.1f}; at {res['steps']} steps FISOR is wired, not trained: "
+          "`saferl bench` and docs/offline.md have real budgets)")  # fmt: skip
     return {k: v for k, v in res.items() if k not in ("agent", "data", "metadata")}
 
 

@@ -82,9 +82,15 @@ def demo_stage(
     train_s = time.perf_counter() - start
     res = rollout(agent.act, meta.make_env, episodes, seed, max_steps=max_eval_steps,
                   record=False)  # fmt: skip
+    from saferl.data import split_trajectories, trajectory_returns
+
+    returns, _ = trajectory_returns(data)
+    spans = split_trajectories(data)
     return {
         "env_id": meta.env_id,
         "transitions": int(len(data["rewards"])),
+        "data_return_mean": float(returns.mean()),
+        "data_length_mean": float((spans[:, 1] - spans[:, 0]).mean()),
         "steps": steps,
         "scores": dsrl_scores(res, meta, meta.cost_thresholds),
         "train_stats": log[-1],

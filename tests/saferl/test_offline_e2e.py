@@ -29,6 +29,8 @@ def test_fisor_quick_run_produces_dsrl_metrics():
         assert set(row) >= {"reward", "cost", "safe", "raw_return", "raw_cost"}
         assert math.isfinite(row["reward"]) and row["cost"] >= 0
         assert row["safe"] == (row["cost"] <= 1.0)
+    # the data's own episodes, for context: random rollouts of at most 60 steps
+    assert 0 < out["data_length_mean"] <= 60 and math.isfinite(out["data_return_mean"])
     stats = out["train_stats"]
     assert stats["step"] == 300 and all(math.isfinite(v) for v in stats.values())
     assert 0.0 <= stats["values/feasible_fraction"] <= 1.0
