@@ -10,6 +10,7 @@ from saferl.offline.bc import BC, BCConfig, bc_loss, train_bc
 from saferl.offline.bcq_lag import BCQLag, BCQLagConfig, train_bcq_lag
 from saferl.offline.bench import (
     BenchConfig,
+    dsrl_summary,
     load_tasks,
     markdown_table,
     run_bench,
@@ -53,7 +54,7 @@ __all__ = [
     "AgentBase", "BC", "BCConfig", "BCQLag", "BCQLagConfig", "BenchConfig", "CPQ", "CPQConfig",
     "EnsembleMLP", "FISOR", "FISORConfig", "FISORNets", "FourierFeatures", "LNResNetNoise",
     "METHODS", "MLP", "Method", "OfflineAgent", "TransitionBuffer", "actor_loss", "bc_loss",
-    "config_from_dict", "constraint_signal", "demo_stage", "dsrl_scores", "ema_update",
+    "config_from_dict", "constraint_signal", "demo_stage", "dsrl_scores", "dsrl_summary", "ema_update",
     "expectile_loss", "feasibility_target", "fit", "get_method", "load_tasks", "make_config",
     "make_scheduler", "markdown_table", "per_step_cost_threshold", "policy_weights", "q_h_loss",
     "q_r_loss", "random_rollouts", "reversed_expectile_loss", "run_bench", "scatter_plot",

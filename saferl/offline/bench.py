@@ -84,15 +84,14 @@ def bench_cell(
     data, meta = payload
     spec = get_method(method)
     kappa = group[0] if spec.threshold_conditioned else None
+    config = make_config(method, base, seed=seed, cost_limit=kappa)
     start = time.perf_counter()
-    agent, _ = spec.train(
-        data, meta, make_config(method, base, seed=seed, cost_limit=kappa), device
-    )
+    agent, _ = spec.train(data, meta, config, device)
     train_s = time.perf_counter() - start
     res = rollout(agent.act, meta.make_env, episodes, seed=1000 * seed, record=False,
                   max_steps=max_eval_steps or meta.max_episode_steps)  # fmt: skip
-    return [{"task": task, "method": method, "seed": seed, "train_s": train_s, **r}
-            for r in dsrl_scores(res, meta, group)]  # fmt: skip
+    return [{"task": task, "method": method, "seed": seed, "iterations": config.steps,
+             "train_s": train_s, **r} for r in dsrl_scores(res, meta, group)]  # fmt: skip
 
 
 def bench_cells(tasks: Sequence[Task], config: BenchConfig) -> tuple[list[Cell], dict[str, Any]]:
@@ -214,14 +213,41 @@ def scatter_plot(summary: Sequence[Mapping[str, Any]], path: str | Path) -> None
     plt.close(fig)
 
 
+def dsrl_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, method) as DSRL tables report it: ``normalized_reward`` and
+    ``normalized_cost`` averaged over thresholds and seeds (:func:`summarize`), their spread over
+    seeds, the ``seeds`` and ``thresholds`` averaged over, and the training ``iterations``
+    (gradient steps per training run; a list when the rows disagree)."""
+    out = []
+    for s in summarize(rows):
+        group = [r for r in rows if r["task"] == s["task"] and r["method"] == s["method"]]
+        iterations = sorted({r["iterations"] for r in group if "iterations" in r})
+        out.append({
+            "task": s["task"], "method": s["method"],
+            "normalized_reward": s["reward"], "normalized_cost": s["cost"],
+            "normalized_reward_std": s["reward_std"], "normalized_cost_std": s["cost_std"],
+            "safe": s["safe"],
+            "seeds": sorted({r.get("seed", 0) for r in group}),
+            "thresholds": sorted({r["threshold"] for r in group if "threshold" in r}),
+            "iterations": iterations[0] if len(iterations) == 1 else iterations,
+        })  # fmt: skip
+    return out
+
+
 def write_results(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, prefix: str = "bench"):
-    """Write ``{prefix}_rows.json``, ``{prefix}_table.md`` and ``{prefix}_scatter.png``;
-    returns (summary, markdown table)."""
+    """Write ``{prefix}_rows.json``, ``{prefix}_table.md``, ``{prefix}_scatter.png`` and
+    ``{prefix}_summary.json`` (:func:`dsrl_summary`; plain ``rows.json``, … with an empty
+    ``prefix``); returns (summary, markdown table)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+
+    def name(stem: str) -> Path:
+        return out / (f"{prefix}_{stem}" if prefix else stem)
+
     summary = summarize(rows)
     table = markdown_table(summary)
-    write_json(out / f"{prefix}_rows.json", {"rows": list(rows), "summary": summary}, indent=1)
-    write_text(out / f"{prefix}_table.md", table + "\n")
-    scatter_plot(summary, out / f"{prefix}_scatter.png")
+    write_json(name("rows.json"), {"rows": list(rows), "summary": summary}, indent=1)
+    write_json(name("summary.json"), dsrl_summary(rows), indent=1)
+    write_text(name("table.md"), table + "\n")
+    scatter_plot(summary, name("scatter.png"))
     return summary, table

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+
 
 def test_fisor_throughput_quick(experiment, tmp_path):
     table = experiment("fisor_throughput").main(
@@ -19,6 +23,12 @@ def test_bench_offline_quick_and_resume(experiment, tmp_path):
     assert "Budget: FISOR 5 steps" in report and "Methods bc_all, bc_safe" in report
     assert "(0 were already done)" in report
     assert (tmp_path / "q_scatter.png").exists()
+    summary = json.loads((tmp_path / "q_summary.json").read_text())
+    fisor = next(r for r in summary if r["method"] == "fisor")
+    assert fisor["task"] == "quick-hopper" and fisor["seeds"] == [0] and fisor["iterations"] == 5
+    assert fisor["thresholds"] == [2.0, 5.0]
+    assert {r["method"] for r in summary} == {"bc_all", "bc_safe", "bcq_lag", "cpq", "fisor"}
+    assert all(np.isfinite([r["normalized_reward"], r["normalized_cost"]]).all() for r in summary)
     again = bench.main(["--quick", "--out", str(tmp_path), "--prefix", "q"])  # resumes: no work
     assert "for the 0 cells run now" in again
     assert again.split("\n\n", 1)[1] == report.split("\n\n", 1)[1]  # the same table
