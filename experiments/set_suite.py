@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "longer with a larger --steps resumes with its own buffer")  # fmt: skip
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--gamma", type=float, default=0.99, help="discount factor")
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=10_000)
@@ -111,7 +112,7 @@ def run_config(args: argparse.Namespace, kind: str, seed: int) -> TD3Config:
     return TD3Config(
         suite=args.suite, policy=kind, net_config=nets[kind], total_steps=args.steps,
         learning_starts=args.learning_starts, batch_size=args.batch_size,
-        learning_rate=args.lr, max_grad_norm=args.max_grad_norm, seed=seed,
+        learning_rate=args.lr, max_grad_norm=args.max_grad_norm, gamma=args.gamma, seed=seed,
         eval_episodes=args.eval_episodes, eval_every=args.eval_every,
         eval_max_steps=50 if args.quick else None, buffer_size=args.buffer_size,
     )  # fmt: skip
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol = (f"{args.suite} (train {', '.join(train_agents)}; held-out {', '.join(heldout)}), "
                 f"TD3 at 1 update per transition, {args.steps} transitions per run, "
                 f"{args.eval_episodes} deterministic eval episodes per agent every "
-                f"{args.eval_every} transitions, lr {args.lr}, grad-norm clip "
+                f"{args.eval_every} transitions, lr {args.lr}, γ {args.gamma}, grad-norm clip "
                 f"{args.max_grad_norm}, batch {args.batch_size}, CPU 1 thread per run")  # fmt: skip
     print(f"\n{protocol}\n\n{text}")
     write_text(out / f"{name}_table.md", f"{protocol}\n\n{text}\n")

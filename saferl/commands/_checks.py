@@ -112,6 +112,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def discount(text: str) -> float:
+    """A discount factor in [0, 1]."""
+    value = _number(float, text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def json_object(text: str) -> dict[str, Any]:
     """A JSON object (dict), e.g. ``'{"width": 64}'``."""
     try:

@@ -88,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=c.positive_float, default=None,
                         help=f"Adam step size (default: {defaults.learning_rate:g} for td3 and "
                              f"sac, {defaults.ppo_learning_rate:g} for ppo)")  # fmt: skip
+    parser.add_argument("--gamma", type=c.discount, default=None,
+                        help=f"discount factor (default: {defaults.gamma:g}, the "
+                             "reference's)")  # fmt: skip
     parser.add_argument("--max-grad-norm", type=c.positive_float, default=None,
                         help=f"gradient-norm clip of td3 and sac (default: "
                              f"{defaults.max_grad_norm:g})")  # fmt: skip
@@ -209,6 +212,7 @@ def config_of(args: argparse.Namespace) -> TD3Config:
     given = {
         "learning_starts": args.learning_starts, "gradient_steps": args.gradient_steps,
         "max_grad_norm": args.max_grad_norm, "buffer_size": args.buffer_size,
+        "gamma": args.gamma,
         "n_steps": args.n_steps, "n_epochs": args.n_epochs,
         "ppo_learning_rate" if ppo else "learning_rate": args.lr,
         "ppo_batch_size" if ppo else "batch_size": args.batch_size,

@@ -212,9 +212,14 @@ def test_cli_trains_with_the_chosen_algo(tmp_path, capsys) -> None:
     assert isinstance(load_actor(str(tmp_path / "ppo")), torch.nn.Module)
 
     argv = ["train-online", *TINY_CLI, "--algo", "sac", "--learning-starts", "32", "--batch-size",
-            "8", "--buffer-size", "100", "--out", str(tmp_path / "sac")]  # fmt: skip
+            "8", "--buffer-size", "100", "--gamma", "0.995",
+            "--out", str(tmp_path / "sac")]  # fmt: skip
     assert main(argv) == 0
-    assert "trained mlp with sac" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "trained mlp with sac" in stdout
+    assert json.loads(stdout.splitlines()[0])["gamma"] == 0.995
+    saved = json.loads((tmp_path / "sac" / "config.json").read_text())
+    assert saved["td3"]["gamma"] == 0.995
 
 
 @pytest.mark.parametrize(
@@ -230,6 +235,12 @@ def test_cli_refuses_flags_the_algo_does_not_use(tmp_path, capsys, extra, messag
     assert main(["train-online", *TINY_CLI, *extra, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_rejects_a_discount_outside_0_1(tmp_path, capsys) -> None:
+    assert main(["train-online", *TINY_CLI, "--gamma", "1.5", "--out", str(tmp_path / "o")]) == 2
+    assert "--gamma: expected a number in [0, 1], got '1.5'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
