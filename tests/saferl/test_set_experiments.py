@@ -53,3 +53,16 @@ def test_set_audit_quick(experiment, tmp_path, capsys) -> None:
     assert out_png.exists() and (tmp_path / "audit_return.png").exists()
     line = next(row for row in out.splitlines() if row.startswith("| set"))
     assert float(line.split("|")[2]) <= 1e-5  # SET's action orbit is flat
+
+
+def test_hopper_falls_reports_how_episodes_end(experiment, tmp_path) -> None:
+    """Zero torques on the three agents: each episode ends by a limit the env enforces."""
+    text = experiment("hopper_falls").main(["--episodes", "2", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "hopper_falls.json").read_text())["rows"]
+    assert [r["agent"] for r in rows] == ["hopper_3", "hopper_4", "hopper_5"]
+    for r in rows:
+        assert r["policy"] == "zero torques" and r["episodes"] == 2
+        assert 10 < r["length"] < 1000  # the body stands a while, then falls
+        assert r["ended_by_height"] + r["ended_by_tilt_only"] == 2
+        assert r["ended_by_tilt_only"] == 0 or r["tilt_deg"] >= 0.5 * np.degrees(1.0)
+    assert "| zero torques | hopper_4 |" in text
