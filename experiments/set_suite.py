@@ -273,6 +273,7 @@ def plot_curves(rows: list[dict], base: dict, train_agents, heldout, title: str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     panels = (
         ("in-suite return", train_agents, "return_mean"),
@@ -299,6 +300,7 @@ def plot_curves(rows: list[dict], base: dict, train_agents, heldout, title: str,
             level = np.mean([split_mean(base[name][s], agents, key) for s in base[name]])
             ax.axhline(level, color="grey", ls=style, lw=1, label=f"{name} torques")
         ax.set_xlabel("transitions (all training agents)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=8)
     fig.suptitle(textwrap.fill(title, 150), fontsize=10)
