@@ -35,16 +35,26 @@ from saferl.data.collection import STOP, CollectConfig, make_env, run_collect
 from saferl.data.plot import plot_spread
 from saferl.data.rollout import rollout
 
-# task -> (episode steps, training env steps, learner, learner overrides, cost thresholds κ);
+# task -> (episode steps, training env steps, learner, learner overrides, cost thresholds κ[,
+# CollectConfig overrides]);
 # rollouts: 10 checkpoints x 3 modes (deterministic, deterministic + noise 0.3, stochastic) x 6
 # episodes = 180 trajectories. κ None: DSRL's 20/40/80 per 1000 steps. SAC with 4 envs and 4
 # gradient steps per vector step (one update per transition, as the online learners); PPO for
-# the swimmer with RL-Zoo's γ = 0.9999 and 1e6 steps (SAC barely moves it; at 3e5 steps PPO
-# reached return 40 at most).
+# the swimmer with RL-Zoo's γ = 0.9999 and 1e6 steps (SAC barely moves it). The swimmer's cost
+# limit starts at 600, not 250: its untrained policy already costs up to ~320 per episode and a
+# swimmer at return ~350 costs ~550, so from 250 the Lagrangian stopped it from ever learning to
+# swim (best return 76 in 1e6 steps, against 350 unconstrained by 3e5).
 _SAC = ("sac", {"gradient_steps": 4})
-BUDGETS: dict[str, tuple[int, int, str, dict, tuple[float, ...] | None]] = {
+BUDGETS: dict[str, tuple] = {
     "SaferlPlanar-HopperVelocity-v1": (1000, 200_000, *_SAC, None),
-    "SaferlPlanar-SwimmerVelocity-v1": (1000, 1_000_000, "ppo", {"gamma": 0.9999}, None),
+    "SaferlPlanar-SwimmerVelocity-v1": (
+        1000,
+        1_000_000,
+        "ppo",
+        {"gamma": 0.9999},
+        None,
+        {"cost_limit_start": 600.0},
+    ),
     "SaferlPlanar-HalfCheetahVelocity-v1": (1000, 200_000, *_SAC, None),
     "Saferl3D-Hopper3-v0": (1000, 200_000, *_SAC, None),
     "Saferl3D-Walker2-v0": (1000, 200_000, *_SAC, None),
@@ -60,11 +70,12 @@ def config_for(task: str, quick: bool, seed: int) -> CollectConfig:
     if quick:
         tiny = {"total_timesteps": 128, "num_checkpoints": 2, "episodes_per_mode": 1}
         return CollectConfig.for_task(task, 30, grid_bins=3, seed=seed, verbose=0, **tiny)
-    steps, total, algo, learner, kappas = BUDGETS[task]
+    steps, total, algo, learner, kappas, *extra = BUDGETS[task]
+    overrides = extra[0] if extra else {}
     return CollectConfig.for_task(task, steps, total_timesteps=total, num_checkpoints=10,
                                   episodes_per_mode=6, anneal_fraction=0.5, seed=seed,
                                   algo=algo, learner_kwargs=learner,
-                                  cost_thresholds=kappas)  # fmt: skip
+                                  cost_thresholds=kappas, **overrides)  # fmt: skip
 
 
 def retag(path: Path, quick: bool, seed: int) -> None:

@@ -388,9 +388,12 @@ def _build(config: CollectConfig, state: LagrangeState) -> tuple[VecNormalize, B
     def train_env() -> gym.Env:
         return LagrangianRewardWrapper(make_env(config), state)
 
-    venv = VecNormalize(DummyVecEnv([train_env] * config.n_envs), norm_obs=True, norm_reward=True)
-    venv.seed(config.seed)
     kwargs = {**DEFAULT_LEARNER_KWARGS[config.algo], **config.learner_kwargs}
+    # returns are normalised with the learner's own discount (as RL-Zoo does), so a γ = 0.9999
+    # learner sees rewards scaled by its long returns, not by 100-step ones
+    venv = VecNormalize(DummyVecEnv([train_env] * config.n_envs), norm_obs=True, norm_reward=True,
+                        gamma=float(kwargs.get("gamma", 0.99)))  # fmt: skip
+    venv.seed(config.seed)
     if config.algo == "ppo":
         kwargs["n_steps"] = max(8, min(kwargs["n_steps"], config.total_timesteps // config.n_envs))
     model = ALGOS[config.algo]("MlpPolicy", venv, seed=config.seed, device=config.device,
