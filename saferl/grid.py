@@ -45,7 +45,9 @@ class Cell:
     top-level (importable) function so Ray workers can run it; ``cpus``/``gpus`` are what Ray
     reserves for it (a GPU fraction packs several cells on one GPU); ``outputs`` are files the
     cell writes — a finished cell one of whose outputs is gone is run again; ``volatile`` names
-    arguments that do not change its results (left out of its fingerprint).
+    arguments that do not change its results (left out of its fingerprint); ``shared_digest``
+    identifies the shared value the cell reads (e.g. a hash of its dataset), so that a finished
+    cell runs again when that value changed.
     """
 
     key: str
@@ -56,13 +58,17 @@ class Cell:
     gpus: float = 0.0
     outputs: tuple[str, ...] = ()
     volatile: tuple[str, ...] = ()
+    shared_digest: str = ""
 
     def fingerprint(self) -> str:
         """A short hash of the cell's function and arguments (but the ``volatile`` ones, such as
-        a verbosity flag): a finished cell whose fingerprint changed is run again."""
+        a verbosity flag) and of its ``shared_digest``: a finished cell whose fingerprint changed
+        is run again."""
         kwargs = {k: v for k, v in self.kwargs.items() if k not in self.volatile}
-        text = json.dumps({"fn": f"{self.fn.__module__}.{self.fn.__qualname__}",
-                           "kwargs": kwargs}, sort_keys=True, default=_jsonable)  # fmt: skip
+        payload = {"fn": f"{self.fn.__module__}.{self.fn.__qualname__}", "kwargs": kwargs}
+        if self.shared_digest:  # absent otherwise, so grids without one keep their fingerprints
+            payload["shared_digest"] = self.shared_digest
+        text = json.dumps(payload, sort_keys=True, default=_jsonable)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ row per (task, method, threshold, seed), summarised as threshold- and seed-avera
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,13 +95,29 @@ def bench_cell(
              "train_s": train_s, **r} for r in dsrl_scores(res, meta, group)]  # fmt: skip
 
 
+def dataset_digest(data: Mapping[str, np.ndarray], meta: DatasetMetadata) -> str:
+    """A short hash of a dataset's arrays (names, dtypes, shapes, bytes) and its scoring
+    metadata (env, R_min/R_max, thresholds, episode length)."""
+    h = hashlib.sha256()
+    for key in sorted(data):
+        arr = np.ascontiguousarray(data[key])
+        h.update(f"{key}:{arr.dtype.str}:{arr.shape}".encode())
+        h.update(arr.tobytes())
+    scoring = (meta.env_id, meta.reward_min, meta.reward_max, list(meta.cost_thresholds),
+               meta.max_episode_steps)  # fmt: skip
+    h.update(repr(scoring).encode())
+    return h.hexdigest()[:16]
+
+
 def bench_cells(tasks: Sequence[Task], config: BenchConfig) -> tuple[list[Cell], dict[str, Any]]:
     """The grid's cells (task × method × seed, × κ for threshold-conditioned methods) and the
-    data they share (one dataset per task)."""
+    data they share (one dataset per task). A cell's fingerprint holds its dataset's
+    :func:`dataset_digest`: finished cells run again when their data changed."""
     cells, shared = [], {}
     for name, data, meta in tasks:
         validate_data(data, strict_dtype=False, extra_keys=True)
         shared[name] = (data, meta)
+        digest = dataset_digest(data, meta)
         kappas = config.thresholds or tuple(meta.cost_thresholds)
         for method in config.methods:
             conditioned = get_method(method).threshold_conditioned
@@ -115,7 +132,8 @@ def bench_cells(tasks: Sequence[Task], config: BenchConfig) -> tuple[list[Cell],
                               "max_eval_steps": config.max_eval_steps,
                               "device": config.device}  # fmt: skip
                     resources = {"cpus": config.cpus_per_cell, "gpus": config.gpus_per_cell}
-                    cells.append(Cell(key, bench_cell, kwargs, shared=name, **resources))
+                    cells.append(Cell(key, bench_cell, kwargs, shared=name,
+                                      shared_digest=digest, **resources))  # fmt: skip
     return cells, shared
 
 

@@ -60,3 +60,22 @@ def test_markdown_table_bolds_safe_cells():
     lines = markdown_table(summary).splitlines()
     assert lines[0] == "| task | BC-All | FISOR |"
     assert lines[2] == "| A | 0.90/3.00 | **0.50/0.20** |"
+
+
+def test_bench_grid_reruns_cells_whose_dataset_changed(tmp_path):
+    """Finished cells are kept while their dataset is unchanged and run again once it changed
+    (the dataset's digest is part of each cell's fingerprint)."""
+    from saferl.offline import BCConfig, BenchConfig, run_bench
+
+    data, meta = random_rollouts(transitions=200, max_steps=20, seed=5)
+    meta.cost_thresholds = [2.0]
+    config = BenchConfig(methods=("bc_all",), seeds=(0,), episodes=1, max_eval_steps=4,
+                         configs={"bc_all": BCConfig(steps=2)})  # fmt: skip
+    out, log = tmp_path / "grid", (lambda _: None)
+    first = run_bench([("t", data, meta)], config, out, log=log)
+    assert first.ran == ["t__bc_all__seed0"]
+    again = run_bench([("t", data, meta)], config, out, log=log)
+    assert again.ran == [] and again.rows == first.rows
+    changed = {**data, "rewards": data["rewards"] + 1.0}
+    third = run_bench([("t", changed, meta)], config, out, log=log)
+    assert third.ran == ["t__bc_all__seed0"]
