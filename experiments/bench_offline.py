@@ -29,6 +29,7 @@ from saferl.offline import (
     CPQConfig,
     FISORConfig,
     load_tasks,
+    result_path,
     run_bench,
     write_results,
 )
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.methods:
         config = replace(config, methods=tuple(args.methods))
     header = budget_text(budget, tasks, config.methods)
-    grid_dir = out / (f"{args.prefix}_grid" if args.prefix else "grid")
+    grid_dir = result_path(out, args.prefix, "grid")
     grid = run_bench(tasks, config, grid_dir, args.workers, args.address)
     if grid.failed:
         raise SystemExit(f"{len(grid.failed)} cells failed: {grid.failed}; re-run to retry them")
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> str:
                f" ({len(grid.skipped)} were already done); {args.workers} worker(s).")  # fmt: skip
     _, table = write_results(grid.rows, out, args.prefix)
     report = f"{header}\n\n{table}\n\n{PUBLISHED}"
-    write_text(out / (f"{args.prefix}_table.md" if args.prefix else "table.md"), report + "\n")
+    write_text(result_path(out, args.prefix, "table.md"), report + "\n")
     print(report)
     return report
 

@@ -17,8 +17,8 @@ def register(subparsers) -> None:
         help="run offline safe-RL methods on DSRL-format datasets (DSRL protocol)",
         description="Train each method on each dataset for each seed (and threshold, for "
         "threshold-conditioned methods), evaluate with the DSRL protocol and write "
-        "<out>/<prefix>_table.md, <prefix>_scatter.png, <prefix>_rows.json and "
-        "<prefix>_config.json.",
+        "<out>/<prefix>_table.md, <prefix>_scatter.png, <prefix>_rows.json, "
+        "<prefix>_summary.json and <prefix>_config.json.",
     )
     p.add_argument("datasets", nargs="+", help="DSRL-format HDF5 files (saferl.data)")
     p.add_argument("--task", nargs="+", default=None, metavar="TASK",
@@ -91,15 +91,15 @@ def load_datasets(
 def run(args: argparse.Namespace) -> int:
     from saferl.common import write_json
     from saferl.offline import make_config
-    from saferl.offline.bench import BenchConfig, run_bench, write_results
+    from saferl.offline.bench import BenchConfig, result_path, run_bench, write_results
 
     # --- checks: nothing below trains until every input and output is known to be good
     device = c.check_device(args.device)
     if not args.prefix or Path(args.prefix).name != args.prefix or args.prefix in (".", ".."):
         raise UsageError(f"--prefix must be a plain file-name prefix, got {args.prefix!r}")
     out = c.check_output_dir(args.out, "--out folder")
-    for suffix in ("rows.json", "table.md", "scatter.png", "config.json"):
-        c.check_output_file(out / f"{args.prefix}_{suffix}", "output file")
+    for name in ("rows.json", "summary.json", "table.md", "scatter.png", "config.json"):
+        c.check_output_file(result_path(out, args.prefix, name), "output file")
     tasks = load_datasets(args.datasets, "bc_safe" in args.methods, args.thresholds, args.task)
     with c.user_errors():
         budgets = {
@@ -130,10 +130,13 @@ def run(args: argparse.Namespace) -> int:
         c.check_ray()
 
     # --- the work
-    grid = run_bench(tasks, config, out / f"{args.prefix}_grid", args.workers, args.address)
+    grid = run_bench(tasks, config, result_path(out, args.prefix, "grid"), args.workers,
+                     args.address)  # fmt: skip
     if grid.rows:
         summary, table = write_results(grid.rows, out, args.prefix)
         print(table)
     argv = {k: v for k, v in vars(args).items() if k != "func"}
-    write_json(out / f"{args.prefix}_config.json", {"argv": argv, "device": device}, indent=1)
+    write_json(
+        result_path(out, args.prefix, "config.json"), {"argv": argv, "device": device}, indent=1
+    )
     return c.report_grid(grid, "bench", "cell")

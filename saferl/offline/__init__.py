@@ -13,6 +13,7 @@ from saferl.offline.bench import (
     dsrl_summary,
     load_tasks,
     markdown_table,
+    result_path,
     run_bench,
     scatter_plot,
     write_results,
@@ -57,7 +58,8 @@ __all__ = [
     "config_from_dict", "constraint_signal", "demo_stage", "dsrl_scores", "dsrl_summary",
     "ema_update", "expectile_loss", "feasibility_target", "fit", "get_method", "load_tasks",
     "make_config", "make_scheduler", "markdown_table", "per_step_cost_threshold", "policy_weights",
-    "q_h_loss", "q_r_loss", "random_rollouts", "reversed_expectile_loss", "run_bench",
+    "q_h_loss", "q_r_loss", "random_rollouts", "result_path", "reversed_expectile_loss",
+    "run_bench",
     "scatter_plot", "summarize", "train_bc", "train_bcq_lag", "train_cpq", "train_fisor",
     "v_h_loss", "v_r_loss", "vp_betas", "write_results",
 ]  # fmt: skip

@@ -231,14 +231,20 @@ def scatter_plot(summary: Sequence[Mapping[str, Any]], path: str | Path) -> None
     plt.close(fig)
 
 
-def dsrl_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def dsrl_summary(
+    rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """One row per (task, method) as DSRL tables report it: ``normalized_reward`` and
-    ``normalized_cost`` averaged over thresholds and seeds (:func:`summarize`), their spread over
-    seeds, the ``seeds`` and ``thresholds`` averaged over, and the training ``iterations``
-    (gradient steps per training run; a list when the rows disagree)."""
+    ``normalized_cost`` averaged over thresholds and seeds (:func:`summarize`, or its result
+    ``summary`` when already computed), their spread over seeds, the ``seeds`` and
+    ``thresholds`` averaged over, and the training ``iterations`` (gradient steps per training
+    run; a list when the rows disagree)."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
     out = []
-    for s in summarize(rows):
-        group = [r for r in rows if r["task"] == s["task"] and r["method"] == s["method"]]
+    for s in summarize(rows) if summary is None else summary:
+        group = groups[(s["task"], s["method"])]
         iterations = sorted({r["iterations"] for r in group if "iterations" in r})
         out.append({
             "task": s["task"], "method": s["method"],
@@ -252,20 +258,21 @@ def dsrl_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def result_path(out_dir: str | Path, prefix: str, name: str) -> Path:
+    """``out_dir/{prefix}_{name}``, or ``out_dir/{name}`` with an empty ``prefix``."""
+    return Path(out_dir) / (f"{prefix}_{name}" if prefix else name)
+
+
 def write_results(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, prefix: str = "bench"):
     """Write ``{prefix}_rows.json``, ``{prefix}_table.md``, ``{prefix}_scatter.png`` and
     ``{prefix}_summary.json`` (:func:`dsrl_summary`; plain ``rows.json``, … with an empty
-    ``prefix``); returns (summary, markdown table)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def name(stem: str) -> Path:
-        return out / (f"{prefix}_{stem}" if prefix else stem)
-
+    ``prefix``: :func:`result_path`); returns (summary, markdown table)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     table = markdown_table(summary)
-    write_json(name("rows.json"), {"rows": list(rows), "summary": summary}, indent=1)
-    write_json(name("summary.json"), dsrl_summary(rows), indent=1)
-    write_text(name("table.md"), table + "\n")
-    scatter_plot(summary, name("scatter.png"))
+    write_json(result_path(out_dir, prefix, "rows.json"), {"rows": list(rows), "summary": summary},
+               indent=1)  # fmt: skip
+    write_json(result_path(out_dir, prefix, "summary.json"), dsrl_summary(rows, summary), indent=1)
+    write_text(result_path(out_dir, prefix, "table.md"), table + "\n")
+    scatter_plot(summary, result_path(out_dir, prefix, "scatter.png"))
     return summary, table
