@@ -37,3 +37,26 @@ def test_bench_offline_quick_and_resume(experiment, tmp_path):
 def test_bench_grid_quick(experiment):
     result = experiment("bench_grid").main(["--quick"])
     assert result["same_rows"] and result["speedup_median"] > 0 and result["ray_init_seconds"] > 0
+
+
+def test_fisor_weights_runs_and_resumes(experiment, tmp_path):
+    from saferl.data import save_dataset
+    from saferl.offline import random_rollouts
+
+    data, meta = random_rollouts(transitions=300, max_steps=30, seed=0)
+    meta.cost_thresholds = [2.0, 5.0]
+    path = tmp_path / "tiny.hdf5"
+    save_dataset(path, data, meta)
+    script = experiment("fisor_weights")
+    args = ["--data", str(path), "--steps", "3", "--episodes", "2", "--out", str(tmp_path),
+            "--variants", "batch 2x128", "uniform 2x128"]  # fmt: skip
+    text = script.main(args)
+    rows = json.loads((tmp_path / "fisor_weights.json").read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"batch 2x128", "uniform 2x128"}
+    assert len(rows) == 4 and {r["threshold"] for r in rows} == {2.0, 5.0}
+    uniform = next(r for r in rows if r["variant"] == "uniform 2x128")
+    # every weight 0 or 1: the batch's ESS is its count of nonzero weights, at most its size
+    assert uniform["update_batch"] == 128 and 0 < uniform["ess_median"] <= 128
+    assert uniform["mean_weight"] <= 1.0 and uniform["at_clip"] == 0.0
+    assert "| uniform 2x128 | 1 | 128 |" in text
+    assert script.main(args) == text  # finished cells are reused
