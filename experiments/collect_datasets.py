@@ -5,16 +5,17 @@
     python experiments/collect_datasets.py --table-only        # table from existing summaries
     python experiments/collect_datasets.py --quick --data-dir /tmp/d --out /tmp/r
 
-Datasets go to ``--data-dir`` (default ``data/``, git-ignored), each with a JSON summary and a
-spread plot; plots are copied to ``--out`` (default ``experiments/results``) as
-``datasets_<task>.png`` and the table (every task collected in ``--data-dir``, whichever
-``--tasks`` this call ran) to ``datasets_table.md``. Budget per task: BUDGETS below
-(2-core shared CPU, one torch thread). Each task is a cell of a :mod:`saferl.grid` grid in
-``<data-dir>/collect_grid``: a finished task is not collected again (unless its settings
-changed), and a task stopped mid-way (SIGTERM or Ctrl-C: a checkpoint, exit status 75) or
-killed resumes from its newest checkpoint in ``<data-dir>/<task>.hdf5.collect/`` when the
-script runs again. The table also gives each task's zero-torque return (10 episodes), the
-floor a dataset's best safe return should clear.
+Datasets go to ``--data-dir`` (default ``data/``; the datasets, their summaries and the grid
+cells there are committed, so that results built on them stay reproducible: collection is not
+bit-reproducible across machines), each with a JSON summary and a spread plot; plots are copied
+to ``--out`` (default ``experiments/results``) as ``datasets_<task>.png`` and the table (every
+task collected in ``--data-dir``, whichever ``--tasks`` this call ran) to ``datasets_table.md``.
+Budget per task: BUDGETS below (2-core shared CPU, one torch thread). Each task is a cell of a
+:mod:`saferl.grid` grid in ``<data-dir>/collect_grid``: a finished task is not collected again
+(unless its settings changed), and a task stopped mid-way (SIGTERM or Ctrl-C: a checkpoint, exit
+status 75) or killed resumes from its newest checkpoint in ``<data-dir>/<task>.hdf5.collect/``
+when the script runs again. The table also gives each task's zero-torque return (10 episodes),
+the floor a dataset's best safe return should clear.
 """
 
 from __future__ import annotations
