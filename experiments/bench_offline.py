@@ -38,7 +38,9 @@ RESULTS = Path(__file__).parent / "results"
 
 CPU_BUDGET = {
     "fisor_steps": 20_000,
-    "fisor_actor_batch": 256,  # 2 actor updates of 128 (reference: 2 × 1024)
+    # 2 actor updates of 512 (reference: 2 × 1024); 2 × 128 left about 11 effective samples per
+    # update under FISOR's peaked weights (experiments/fisor_weights.py, docs/offline.md)
+    "fisor_actor_batch": 1024,
     "fisor_critic_batch": 256,
     "fisor_nets": {"actor_width": 64},  # LN-ResNet 64 → 256 → 64 (reference: 256 → 1024 → 256)
     "bc_steps": 10_000,

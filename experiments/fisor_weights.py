@@ -10,7 +10,8 @@ width 64, 2e4 iterations, critic batch 256) under four variants and scores each 
 protocol (20 episodes, every threshold of the dataset):
 
 * ``batch 2x128``: the actor batch the CPU bench used before (2 updates of 128 rows);
-* ``batch 2x512`` and ``batch 2x1024`` (the reference's actor batch);
+* ``batch 2x512``: the CPU bench's actor batch since these measurements;
+* ``batch 2x1024``: the reference's actor batch;
 * ``uniform 2x128``: α_r = α_h = 0, i.e. every weight 1 except the zero on actions that leave
   the feasible region — feasibility-masked behaviour cloning, the same critics and selection.
 
