@@ -17,7 +17,11 @@ protocol (20 episodes, every threshold of the dataset):
 
 Besides the scores, each row holds the weights' statistics on the whole dataset after training:
 the median ESS of an actor update's batch (over 200 random batches), the fraction of weights at
-the upper clip and the feasible fraction ``V_h ≤ 0``. Cells run through saferl.grid (resumable).
+the upper clip, the feasible fraction ``V_h ≤ 0`` and the standard deviation of the reward
+advantage ``Q_r − V_r``; and, on the evaluation episodes, the feasibility value V_h over the
+last 5 states before each fall against its mean on the episodes that ran the full 1000 steps (a
+V_h that took falling for safety, e.g. through terminal states, would be low before falls).
+Cells run through saferl.grid (resumable).
 Writes ``experiments/results/offline/fisor_weights.{json,md}``.
 
     python experiments/fisor_weights.py                     # planar Hopper v1, seed 0
@@ -40,7 +44,7 @@ from saferl.data.rollout import rollout
 from saferl.grid import Cell, run_grid
 from saferl.offline import dsrl_scores, load_tasks, train_fisor
 from saferl.offline.bench import dataset_digest
-from saferl.offline.fisor import actor_weights
+from saferl.offline.fisor import actor_weights, target_critics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_offline import CPU_BUDGET, bench_config  # noqa: E402
@@ -60,7 +64,10 @@ def weight_stats(agent, data, config, batches: int = 200, seed: int = 0) -> dict
     obs = torch.as_tensor(data["observations"], dtype=torch.float32)
     act = torch.as_tensor(data["actions"], dtype=torch.float32)
     w = actor_weights(obs, act, agent.nets, config).numpy().astype(np.float64)
-    v_h = agent.nets.value(obs)[1].detach().numpy()
+    with torch.no_grad():
+        v = agent.nets.value(obs)
+        q_r, _ = target_critics(obs, act, agent.nets)
+    v_h = v[1].numpy()
     size = config.actor_batch_size // config.actor_splits
     rng = np.random.default_rng(seed)
     ess = []
@@ -73,6 +80,27 @@ def weight_stats(agent, data, config, batches: int = 200, seed: int = 0) -> dict
         "at_clip": float(np.mean(w >= config.feasible_weight_max)),
         "mean_weight": float(w.mean()),
         "feasible_fraction": float(np.mean(v_h <= 0)),
+        "advantage_sd": float((q_r - v[0]).std()),
+    }
+
+
+def feasibility_probe(agent, episodes: list[dict[str, np.ndarray]], tail: int = 5) -> dict:
+    """Mean V_h over the last ``tail`` states of each episode that ended by a fall (terminal)
+    and over every state of the episodes that ran to the time limit (NaN where none did):
+    a feasibility value that mistook falling for safety would be low before falls."""
+    falls, full = [], []
+    for ep in episodes:
+        with torch.no_grad():
+            v_h = agent.nets.value(torch.as_tensor(ep["observations"]))[1].numpy()
+        if ep["terminals"][-1]:
+            falls.append(v_h[-tail:].mean())
+        elif ep["timeouts"][-1]:
+            full.append(v_h.mean())
+    return {
+        "v_h_before_fall": float(np.mean(falls)) if falls else float("nan"),
+        "v_h_full_length": float(np.mean(full)) if full else float("nan"),
+        "falls": len(falls),
+        "full_length": len(full),
     }
 
 
@@ -84,9 +112,9 @@ def variant_cell(payload, *, variant: str, seed: int, episodes: int, steps: int)
     start = time.perf_counter()
     agent, _ = train_fisor(data, meta, config, "cpu")
     train_s = time.perf_counter() - start
-    res = rollout(agent.act, meta.make_env, episodes, seed=1000 * seed, record=False,
+    res = rollout(agent.act, meta.make_env, episodes, seed=1000 * seed, record=True,
                   max_steps=meta.max_episode_steps)  # fmt: skip
-    stats = weight_stats(agent, data, config)
+    stats = {**weight_stats(agent, data, config), **feasibility_probe(agent, res.episodes())}
     return [{"variant": variant, "seed": seed, "iterations": config.steps, "train_s": train_s,
              **stats, **row} for row in dsrl_scores(res, meta, meta.cost_thresholds)]  # fmt: skip
 
@@ -95,8 +123,9 @@ def table(rows: list[dict]) -> str:
     """One line per variant: scores averaged over thresholds and seeds, stats over seeds."""
     lines = [
         "| variant | seeds | actor update batch | median ESS per update | weights ≥ 100 "
+        "| A_r sd | V_h: last 5 before a fall / full-length episodes "
         "| reward / cost | return | episode length | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
         group = [r for r in rows if r["variant"] == variant]
@@ -106,10 +135,16 @@ def table(rows: list[dict]) -> str:
         def mean(key: str, g=group) -> float:
             return float(np.mean([r[key] for r in g]))
 
+        def nanmean(key: str, g=group) -> str:
+            values = [r[key] for r in g if r.get(key) is not None and np.isfinite(r[key])]
+            return f"{np.mean(values):.1f}" if values else "–"
+
         seeds = sorted({r["seed"] for r in group})
         lines.append(
             f"| {variant} | {len(seeds)} | {group[0]['update_batch']} | {mean('ess_median'):.1f} "
-            f"| {100 * mean('at_clip'):.1f}% | {mean('reward'):.2f} / {mean('cost'):.2f} "
+            f"| {100 * mean('at_clip'):.1f}% | {mean('advantage_sd'):.2f} "
+            f"| {nanmean('v_h_before_fall')} / {nanmean('v_h_full_length')} "
+            f"| {mean('reward'):.2f} / {mean('cost'):.2f} "
             f"| {mean('raw_return'):.0f} | {mean('length'):.0f} | {mean('train_s'):.0f} |"
         )
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 
 def test_fisor_throughput_quick(experiment, tmp_path):
@@ -60,3 +61,34 @@ def test_fisor_weights_runs_and_resumes(experiment, tmp_path):
     assert uniform["mean_weight"] <= 1.0 and uniform["at_clip"] == 0.0
     assert "| uniform 2x128 | 1 | 128 |" in text
     assert script.main(args) == text  # finished cells are reused
+    for r in rows:  # every evaluation episode ended by a fall or at the time limit
+        assert r["falls"] + r["full_length"] == 2 and r["advantage_sd"] >= 0
+
+
+def test_fisor_weights_feasibility_probe(experiment):
+    """V_h before a fall is the mean over the last 5 states of falling episodes only."""
+    import torch
+
+    script = experiment("fisor_weights")
+
+    class Nets:  # V_r = 0, V_h = the first observation coordinate
+        def value(self, obs):
+            return torch.stack([torch.zeros(len(obs)), obs[:, 0]])
+
+    agent = type("Agent", (), {"nets": Nets()})()
+
+    def episode(v_h, terminal):
+        n = len(v_h)
+        obs = np.zeros((n, 2), np.float32)
+        obs[:, 0] = v_h
+        ends = np.zeros(n, bool)
+        ends[-1] = True
+        return {"observations": obs, "terminals": ends & terminal, "timeouts": ends & ~terminal}
+
+    fall = episode([-9.0] * 5 + [1.0, 2.0, 3.0, 4.0, 5.0], True)
+    full = episode([-1.0, -3.0], False)
+    probe = script.feasibility_probe(agent, [fall, full, fall])
+    assert probe["v_h_before_fall"] == pytest.approx(3.0)
+    assert probe["v_h_full_length"] == pytest.approx(-2.0)
+    assert (probe["falls"], probe["full_length"]) == (2, 1)
+    assert np.isnan(script.feasibility_probe(agent, [fall])["v_h_full_length"])
