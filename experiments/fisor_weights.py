@@ -44,7 +44,7 @@ from saferl.data.rollout import rollout
 from saferl.grid import Cell, run_grid
 from saferl.offline import dsrl_scores, load_tasks, train_fisor
 from saferl.offline.bench import dataset_digest
-from saferl.offline.fisor import actor_weights, target_critics
+from saferl.offline.fisor import policy_weights, target_critics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_offline import CPU_BUDGET, bench_config  # noqa: E402
@@ -63,10 +63,10 @@ def weight_stats(agent, data, config, batches: int = 200, seed: int = 0) -> dict
     """Median ESS of one actor update's batch, fraction at the upper clip, feasible fraction."""
     obs = torch.as_tensor(data["observations"], dtype=torch.float32)
     act = torch.as_tensor(data["actions"], dtype=torch.float32)
-    w = actor_weights(obs, act, agent.nets, config).numpy().astype(np.float64)
-    with torch.no_grad():
+    with torch.no_grad():  # the critics' pass of actor_weights, kept for the advantage spread
+        q_r, q_h = target_critics(obs, act, agent.nets)
         v = agent.nets.value(obs)
-        q_r, _ = target_critics(obs, act, agent.nets)
+    w = policy_weights(q_r, v[0], q_h, v[1], config).numpy().astype(np.float64)
     v_h = v[1].numpy()
     size = config.actor_batch_size // config.actor_splits
     rng = np.random.default_rng(seed)
