@@ -44,7 +44,9 @@ from saferl.data.rollout import rollout
 # the swimmer with RL-Zoo's γ = 0.9999 and 1e6 steps (SAC barely moves it). The swimmer's cost
 # limit starts at 600, not 250: its untrained policy already costs up to ~320 per episode and a
 # swimmer at return ~350 costs ~550, so from 250 the Lagrangian stopped it from ever learning to
-# swim (best return 76 in 1e6 steps, against 350 unconstrained by 3e5).
+# swim (best return 76 in 1e6 steps, against 350 unconstrained by 3e5). Cheetah12 is the 3D
+# cheetah with a cost-free start: zero torques stall it after ~22 steps at cost 0 (return ~0),
+# where on Cheetah10 and Cheetah11 the drop from the spawn height alone costs 5-21.
 _SAC = ("sac", {"gradient_steps": 4})
 BUDGETS: dict[str, tuple] = {
     "SaferlPlanar-HopperVelocity-v1": (1000, 200_000, *_SAC, None),
@@ -60,6 +62,7 @@ BUDGETS: dict[str, tuple] = {
     "Saferl3D-Hopper3-v0": (1000, 200_000, *_SAC, None),
     "Saferl3D-Walker2-v0": (1000, 200_000, *_SAC, None),
     "Saferl3D-Walker3-v0": (1000, 200_000, *_SAC, None),
+    "Saferl3D-Cheetah12-v0": (1000, 200_000, *_SAC, None),
 }
 QUICK_TASK = "SaferlPlanar-HopperVelocity-v1"
 GRID = "collect_grid"
