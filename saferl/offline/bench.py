@@ -87,12 +87,26 @@ def bench_cell(
     kappa = group[0] if spec.threshold_conditioned else None
     config = make_config(method, base, seed=seed, cost_limit=kappa)
     start = time.perf_counter()
-    agent, _ = spec.train(data, meta, config, device)
+    agent, log = spec.train(data, meta, config, device)
     train_s = time.perf_counter() - start
     res = rollout(agent.act, meta.make_env, episodes, seed=1000 * seed, record=False,
                   max_steps=max_eval_steps or meta.max_episode_steps)  # fmt: skip
+    stats = training_stats(log)
     return [{"task": task, "method": method, "seed": seed, "iterations": config.steps,
-             "train_s": train_s, **r} for r in dsrl_scores(res, meta, group)]  # fmt: skip
+             "train_s": train_s, **r, **stats} for r in dsrl_scores(res, meta, group)]  # fmt: skip
+
+
+def training_stats(log: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """A training log's last logged statistics (``train_final``) and each statistic's maximum
+    over the logged steps (``train_max``): e.g. whether a Lagrange multiplier ever rose above
+    0 (``train_max["values/lambda"]``). Empty dicts for an empty log."""
+    if not log:
+        return {"train_final": {}, "train_max": {}}
+    keys = [k for k in log[-1] if k != "step"]
+    return {
+        "train_final": {k: float(log[-1][k]) for k in keys},
+        "train_max": {k: max(float(row[k]) for row in log if k in row) for k in keys},
+    }
 
 
 def dataset_digest(data: Mapping[str, np.ndarray], meta: DatasetMetadata) -> str:

@@ -40,6 +40,24 @@ def test_bench_cli_writes_table_plot_and_rows(dataset_file, tmp_path):
     assert {r["threshold"] for r in rows} == {2.0, 5.0}
     for r in rows:
         assert r["safe"] == (r["cost"] <= 1.0)
+        # each row carries its training's last and largest logged statistics
+        assert set(r["train_final"]) == set(r["train_max"]) and r["train_final"]
+        assert all(r["train_max"][k] >= r["train_final"][k] for k in r["train_final"])
+    bcq = [r for r in rows if r["method"] == "bcq_lag"]
+    assert all("values/lambda" in r["train_max"] for r in bcq)
+
+
+def test_training_stats_keeps_the_last_row_and_each_maximum():
+    from saferl.offline.bench import training_stats
+
+    log = [{"values/lambda": 0.0, "losses/q": 3.0, "step": 1},
+           {"values/lambda": 0.4, "losses/q": 1.0, "step": 2},
+           {"values/lambda": 0.1, "losses/q": 2.0, "step": 3}]  # fmt: skip
+    assert training_stats(log) == {
+        "train_final": {"values/lambda": 0.1, "losses/q": 2.0},
+        "train_max": {"values/lambda": 0.4, "losses/q": 3.0},
+    }
+    assert training_stats([]) == {"train_final": {}, "train_max": {}}
 
 
 def test_train_offline_cli_saves_a_loadable_checkpoint(dataset_file, tmp_path):
