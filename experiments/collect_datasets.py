@@ -31,7 +31,7 @@ import torch
 
 from saferl.common import stop_on_signals
 from saferl.common.io import write_text
-from saferl.data import load_dataset, save_dataset, trajectory_returns
+from saferl.data import load_dataset, save_dataset, split_trajectories, trajectory_returns
 from saferl.data.collection import STOP, CollectConfig, make_env, run_collect
 from saferl.data.plot import plot_spread
 from saferl.data.rollout import rollout
@@ -46,7 +46,11 @@ from saferl.data.rollout import rollout
 # swimmer at return ~350 costs ~550, so from 250 the Lagrangian stopped it from ever learning to
 # swim (best return 76 in 1e6 steps, against 350 unconstrained by 3e5). Cheetah12 is the 3D
 # cheetah with a cost-free start: zero torques stall it after ~22 steps at cost 0 (return ~0),
-# where on Cheetah10 and Cheetah11 the drop from the spawn height alone costs 5-21.
+# where on Cheetah10 and Cheetah11 the drop from the spawn height alone costs 5-21. Cheetah14 is
+# the third 3D task for the same reason (zero torques: ~48 steps at cost 0, return ~-1): on
+# Hopper3, Hopper4, Walker3 and Walker4 zero torques already cost 53-90 per episode by falling
+# (3 episodes each, measured 2026-12-03), above κ 20 and 40, so a safe trajectory there first
+# needs a body that learns to stay up (the open problem of the online-learning issue).
 _SAC = ("sac", {"gradient_steps": 4})
 BUDGETS: dict[str, tuple] = {
     "SaferlPlanar-HopperVelocity-v1": (1000, 200_000, *_SAC, None),
@@ -63,6 +67,7 @@ BUDGETS: dict[str, tuple] = {
     "Saferl3D-Walker2-v0": (1000, 200_000, *_SAC, None),
     "Saferl3D-Walker3-v0": (1000, 200_000, *_SAC, None),
     "Saferl3D-Cheetah12-v0": (1000, 200_000, *_SAC, None),
+    "Saferl3D-Cheetah14-v0": (1000, 200_000, *_SAC, None),
 }
 QUICK_TASK = "SaferlPlanar-HopperVelocity-v1"
 GRID = "collect_grid"
@@ -132,6 +137,12 @@ def table_row(path: Path) -> dict[str, object]:
     safe = [costs <= k for k in meta.cost_thresholds]
     row["safe % at κ"] = "/".join(f"{100 * m.mean():.0f}" for m in safe)
     row["best safe R at κ"] = "/".join(f"{rets[m].max():.0f}" if m.any() else "-" for m in safe)
+    # FISOR's feasible region is where no cost ever occurs (h > 0 at any cost): what the data
+    # shows of it is its cost-0 trajectories, and how many of those end by a fall (terminal)
+    zero = costs == 0
+    fell = np.asarray(data["terminals"])[split_trajectories(data)[:, 1] - 1] > 0
+    row["cost-0 traj. (fell)"] = f"{zero.sum()} ({(zero & fell).sum()})"
+    row["best cost-0 R"] = f"{rets[zero].max():.0f}" if zero.any() else "-"
     row["zero-torque R"] = f"{zero_torque_return(path):.0f}"
     row["time s"] = f"{summary['seconds']:.0f}"
     return row
